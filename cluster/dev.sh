@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The two commands of the README's quick start, each installing what it needs first.
+#
+#   cluster/dev.sh run [ledgerd args...]   build and run ledgerd (no args: single node on
+#                                          127.0.0.1:8080, data in ./data)
+#   cluster/dev.sh test                    the whole gate: fmt, clippy -D warnings, every test,
+#                                          docs. CI (.ci/run) runs exactly this.
+#
+# Everything builds in the release profile into one target dir outside the clone (RocksDB is
+# compiled from source once per profile, about 11 minutes on 2 cores), so tests and binaries
+# share one compilation and later runs reuse it.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/credit-ledger/target}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# RocksDB's bindings are generated with bindgen, which needs libclang; RocksDB itself needs a
+# C++ compiler.
+ensure_build_dependencies() {
+    local missing=()
+    if ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
+        && ! compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null; then
+        missing+=(libclang-dev)
+    fi
+    command -v c++ >/dev/null || missing+=(g++)
+    command -v cargo >/dev/null || { echo "cargo is required (install Rust with rustup)" >&2; exit 1; }
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing build dependencies: ${missing[*]}" >&2
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    mkdir -p "$CARGO_TARGET_DIR"
+}
+
+run_tests() {
+    cd "$repo"
+    echo "== cargo fmt --check" >&2
+    cargo fmt --all -- --check
+    echo "== cargo clippy (release, all targets, -D warnings)" >&2
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    echo "== cargo test (release)" >&2
+    cargo test --release --workspace
+    echo "== cargo doc" >&2
+    RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps --quiet
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+    run)
+        ensure_build_dependencies
+        cd "$repo"
+        exec cargo run --release -p ledgerd -- "$@"
+        ;;
+    test)
+        ensure_build_dependencies
+        run_tests
+        ;;
+    *)
+        echo "usage: cluster/dev.sh run [ledgerd args...] | cluster/dev.sh test" >&2
+        exit 2
+        ;;
+esac

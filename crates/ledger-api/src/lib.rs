@@ -1,0 +1,208 @@
+//! `ledger-api`: the public HTTP contract of the ledger, as Rust types.
+//!
+//! Request and response bodies of every endpoint (JSON via serde) and the stable error codes.
+//! The server and the Rust client both use these types, so the contract is written once.
+//!
+//! **Boundary:** plain data and serde only. It must never depend on the ledger's internals
+//! (core, raft, storage, actors) nor on any HTTP framework: the contract outlives them.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/accounts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAccountRequest {
+    pub account_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft_limit: Option<u64>,
+}
+
+/// One grant as shown on an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    pub grant_id: String,
+    pub amount: u64,
+    pub remaining: u64,
+    pub priority: u8,
+    /// RFC 3339 instant, or null for grants that never expire.
+    pub expires_at: Option<String>,
+    /// RFC 3339 instant from which the grant is drawable.
+    pub effective_at: String,
+    pub source: String,
+}
+
+/// `GET /v1/accounts/{id}` (linearizable) and the answer of `POST /v1/accounts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountResponse {
+    pub account_id: String,
+    pub available: i64,
+    pub reserved: u64,
+    pub consumed: u64,
+    pub overdraft_limit: u64,
+    pub grants: Vec<GrantView>,
+}
+
+/// `POST /v1/accounts/{id}/grants`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateGrantRequest {
+    pub grant_id: String,
+    pub amount: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// RFC 3339 instant; default: when the grant is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<String>,
+    /// RFC 3339 instant; default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Answer of `POST /v1/accounts/{id}/grants`: 201, or 200 with `replayed: true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantResponse {
+    pub account_id: String,
+    pub grant_id: String,
+    pub replayed: bool,
+}
+
+/// `POST /v1/accounts/{id}/debits`: either `amount`, or `feature` and `quantity` priced by the
+/// rate card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebitRequest {
+    pub idempotency_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u64>,
+}
+
+/// The decided outcome of a debit key: `POST .../debits` (200, or 402 for a rejection, in which
+/// case the body is an [`ErrorResponse`] whose error carries `replayed`), and
+/// `GET .../debits/{key}` (200 for both accepted and rejected decisions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebitResponse {
+    /// `accepted` or `rejected`.
+    pub status: String,
+    pub account_id: String,
+    pub idempotency_key: String,
+    /// Credits drawn (accepted only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    /// Available balance right after the debit (accepted only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    /// The rejection code (rejected only), e.g. `insufficient_credits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// True when the key had already been decided and this is that decision again.
+    pub replayed: bool,
+}
+
+pub const STATUS_ACCEPTED: &str = "accepted";
+pub const STATUS_REJECTED: &str = "rejected";
+
+/// One item of `POST /v1/debits/batch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchDebitItem {
+    pub account_id: String,
+    #[serde(flatten)]
+    pub debit: DebitRequest,
+}
+
+/// `POST /v1/debits/batch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchDebitRequest {
+    pub debits: Vec<BatchDebitItem>,
+}
+
+/// One result of a batch, in the order of the request's items. Either a decided outcome
+/// (`status` accepted/rejected) or an `error` that decided nothing (bad item, no leader,
+/// overload): the client may retry such an item with the same key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchDebitResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DebitResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// The HTTP status the item would have had as a single request.
+    pub http_status: u16,
+}
+
+/// Answer of `POST /v1/debits/batch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchDebitResponse {
+    pub results: Vec<BatchDebitResult>,
+}
+
+/// Every error: `{"error": {"code": "snake_case", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    /// Set on decided rejections of keyed requests (e.g. a 402 debit): true on a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
+}
+
+/// `GET /admin/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    pub node_id: u64,
+    pub nodes: Vec<NodeInfo>,
+    pub shards: Vec<ShardInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub http_addr: String,
+    pub raft_addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub shard_id: u32,
+    /// The leader this node knows of, or null during an election.
+    pub leader: Option<u64>,
+    /// Voters of the shard's current membership.
+    pub members: Vec<u64>,
+    /// Index of the last applied log entry on this node (null before the first).
+    pub last_applied: Option<u64>,
+    /// Hex digest of this replica's state at `last_applied`.
+    pub digest: String,
+}
+
+/// Stable error codes of the public API.
+pub mod codes {
+    pub const INVALID_JSON: &str = "invalid_json";
+    pub const MISSING_FIELD: &str = "missing_field";
+    pub const INVALID_FIELD: &str = "invalid_field";
+    pub const INVALID_AMOUNT: &str = "invalid_amount";
+    pub const AMOUNT_TOO_LARGE: &str = "amount_too_large";
+    pub const INVALID_IDENTIFIER: &str = "invalid_identifier";
+    pub const INVALID_PRIORITY: &str = "invalid_priority";
+    pub const INVALID_SOURCE: &str = "invalid_source";
+    pub const INVALID_TIMESTAMP: &str = "invalid_timestamp";
+    pub const INVALID_EXPIRY: &str = "invalid_expiry";
+    pub const UNKNOWN_FEATURE: &str = "unknown_feature";
+    pub const ACCOUNT_NOT_FOUND: &str = "account_not_found";
+    pub const ACCOUNT_CONFLICT: &str = "account_conflict";
+    pub const GRANT_CONFLICT: &str = "grant_conflict";
+    pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+    pub const DEBIT_NOT_FOUND: &str = "debit_not_found";
+    pub const INSUFFICIENT_CREDITS: &str = "insufficient_credits";
+    pub const AMOUNT_OVERFLOW: &str = "amount_overflow";
+    pub const OVERLOADED: &str = "overloaded";
+    pub const NO_LEADER: &str = "no_leader";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const INTERNAL: &str = "internal";
+}

@@ -1,0 +1,49 @@
+//! openraft settings shared by every shard group.
+
+use std::sync::Arc;
+
+use openraft::{Config, SnapshotPolicy};
+
+/// Timing of the shard groups. Elections must not fire because of scheduling noise on a small,
+/// busy machine (every node of a test cluster may share two cores), yet a dead leader should be
+/// replaced within a couple of seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupTiming {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for GroupTiming {
+    fn default() -> Self {
+        GroupTiming {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+        }
+    }
+}
+
+/// The openraft config of one shard group.
+pub fn group_config(
+    shard_count: u32,
+    timing: GroupTiming,
+) -> Result<Arc<Config>, openraft::ConfigError> {
+    let config = Config {
+        cluster_name: format!("credit-ledger-{shard_count}-shards"),
+        heartbeat_interval: timing.heartbeat_interval_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
+        // An entry already carries thousands of commands; keep replication messages moderate.
+        max_payload_entries: 64,
+        // Snapshots serialize the shard's whole state; take one every so many entries (each a
+        // batch of commands) and keep some log behind it so a briefly lagging follower catches up
+        // from the log rather than by snapshot.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 2_000,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        install_snapshot_timeout: 10_000,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}

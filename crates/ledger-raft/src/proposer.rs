@@ -1,0 +1,253 @@
+//! The per-shard proposer: packs many ledger commands into one Raft entry.
+//!
+//! openraft 0.9 waits for each log flush before the next append, so throughput comes from the
+//! size of the entries, not their number. The proposer keeps at most `entries_in_flight_max`
+//! entries of its shard unapplied; while they are in flight, new commands queue up and become the
+//! next (larger) entry. Under light load an entry carries one command and leaves at once (no
+//! linger), under heavy load entries grow up to `commands_per_entry_max`: the batch size adapts to
+//! the commit latency by itself.
+//!
+//! Commands enter in the order `propose` is called and leave in that order inside entries that are
+//! handed to openraft in order (`client_write_ff` enqueues synchronously), so the order in which an
+//! account actor proposes is the order in which the state machine applies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ledger_core::{Command, Outcome};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::types::{LedgerBatch, LedgerRaft, NodeId, ShardId};
+
+/// Why a command was not decided. Only `OutcomeUnknown` may have applied; the others certainly
+/// did not, and a retry with the same key is always safe.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("shard {shard}: this node is not the leader (leader: {leader:?})")]
+    NotLeader {
+        shard: ShardId,
+        leader: Option<NodeId>,
+    },
+    #[error("shard {shard}: proposal queue full")]
+    Overloaded { shard: ShardId },
+    #[error("shard {shard}: leadership changed before the outcome was known")]
+    OutcomeUnknown { shard: ShardId },
+    #[error("shard {shard}: raft stopped")]
+    Stopped { shard: ShardId },
+}
+
+/// Tuning of a proposer.
+#[derive(Clone, Copy, Debug)]
+pub struct ProposerConfig {
+    /// Most commands in one Raft entry.
+    pub commands_per_entry_max: usize,
+    /// Most entries proposed but not yet applied.
+    pub entries_in_flight_max: usize,
+    /// Most commands waiting for an entry; beyond it `propose` answers `Overloaded` (HTTP 429).
+    pub queue_length_max: usize,
+}
+
+impl Default for ProposerConfig {
+    fn default() -> Self {
+        ProposerConfig {
+            commands_per_entry_max: 4096,
+            entries_in_flight_max: 4,
+            queue_length_max: 65_536,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
+
+struct Proposal {
+    command: Command,
+    reply: Reply,
+}
+
+/// Handle to a shard's proposer; cheap to clone.
+#[derive(Clone)]
+pub struct ProposerHandle {
+    shard: ShardId,
+    sender: mpsc::Sender<Proposal>,
+}
+
+/// The receiving end of one proposal.
+pub type OutcomeReceiver = oneshot::Receiver<Result<Outcome, ProposeError>>;
+
+impl ProposerHandle {
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Queues `command` for the next entry. Never blocks: a full queue is `Overloaded`.
+    pub fn propose(&self, command: Command) -> Result<OutcomeReceiver, ProposeError> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender
+            .try_send(Proposal { command, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => {
+                    ProposeError::Overloaded { shard: self.shard }
+                }
+                mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped { shard: self.shard },
+            })?;
+        Ok(receiver)
+    }
+
+    /// Proposes and waits for the decided outcome.
+    pub async fn propose_and_wait(&self, command: Command) -> Result<Outcome, ProposeError> {
+        let receiver = self.propose(command)?;
+        receiver
+            .await
+            .unwrap_or(Err(ProposeError::OutcomeUnknown { shard: self.shard }))
+    }
+}
+
+/// Starts the proposer task of `shard` on the current tokio runtime.
+pub fn spawn_proposer(shard: ShardId, raft: LedgerRaft, config: ProposerConfig) -> ProposerHandle {
+    let (sender, receiver) = mpsc::channel(config.queue_length_max.max(1));
+    tokio::spawn(run(shard, raft, config, receiver));
+    ProposerHandle { shard, sender }
+}
+
+async fn run(
+    shard: ShardId,
+    raft: LedgerRaft,
+    config: ProposerConfig,
+    mut receiver: mpsc::Receiver<Proposal>,
+) {
+    let in_flight = Arc::new(Semaphore::new(config.entries_in_flight_max.max(1)));
+    let clock = MonotonicClock::default();
+    let mut commands = Vec::with_capacity(config.commands_per_entry_max);
+    let mut replies = Vec::with_capacity(config.commands_per_entry_max);
+    loop {
+        // Wait for room first: while entries are in flight, commands accumulate in the channel
+        // and the next entry carries all of them.
+        let permit = match in_flight.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => return,
+        };
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        commands.push(first.command);
+        replies.push(first.reply);
+        while commands.len() < config.commands_per_entry_max {
+            match receiver.try_recv() {
+                Ok(proposal) => {
+                    commands.push(proposal.command);
+                    replies.push(proposal.reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let batch = LedgerBatch {
+            timestamp_ms: clock.now_ms(),
+            commands: std::mem::replace(
+                &mut commands,
+                Vec::with_capacity(config.commands_per_entry_max),
+            ),
+        };
+        let batch_replies = std::mem::replace(
+            &mut replies,
+            Vec::with_capacity(config.commands_per_entry_max),
+        );
+        match raft.client_write_ff(batch).await {
+            Ok(response) => {
+                tokio::spawn(deliver(shard, response, batch_replies, permit));
+            }
+            Err(_fatal) => {
+                fail_all(batch_replies, ProposeError::Stopped { shard });
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for one entry to be applied and hands each command its outcome.
+async fn deliver(
+    shard: ShardId,
+    response: tokio::sync::oneshot::Receiver<
+        Result<
+            openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+            ClientWriteError<NodeId, crate::types::LedgerNode>,
+        >,
+    >,
+    replies: Vec<Reply>,
+    permit: OwnedSemaphorePermit,
+) {
+    let result = response.await;
+    drop(permit);
+    match result {
+        Ok(Ok(written)) => {
+            let outcomes = written.data.outcomes;
+            assert_eq!(
+                outcomes.len(),
+                replies.len(),
+                "shard {shard}: entry {} returned {} outcomes for {} commands",
+                written.log_id,
+                outcomes.len(),
+                replies.len()
+            );
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The requester may have gone away (client timeout); the outcome stays recorded
+                // under its key for the retry.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+            fail_all(
+                replies,
+                ProposeError::NotLeader {
+                    shard,
+                    leader: forward.leader_id,
+                },
+            );
+        }
+        Ok(Err(ClientWriteError::ChangeMembershipError(_))) | Err(_) => {
+            // The entry may have been appended and may still commit under a new leader.
+            fail_all(replies, ProposeError::OutcomeUnknown { shard });
+        }
+    }
+}
+
+fn fail_all(replies: Vec<Reply>, error: ProposeError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+}
+
+/// Maps a `RaftError` of a client write into a `ProposeError` (used by callers of `client_write`).
+pub fn propose_error_from_raft(
+    shard: ShardId,
+    error: &RaftError<NodeId, ClientWriteError<NodeId, crate::types::LedgerNode>>,
+) -> ProposeError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ProposeError::NotLeader {
+                shard,
+                leader: forward.leader_id,
+            }
+        }
+        RaftError::APIError(_) => ProposeError::OutcomeUnknown { shard },
+        RaftError::Fatal(_) => ProposeError::Stopped { shard },
+    }
+}
+
+/// Wall-clock milliseconds that never go backwards within this proposer.
+#[derive(Default)]
+struct MonotonicClock {
+    last_ms: AtomicU64,
+}
+
+impl MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        let previous = self.last_ms.fetch_max(wall_ms, Ordering::Relaxed);
+        previous.max(wall_ms)
+    }
+}

@@ -1,0 +1,527 @@
+//! Real openraft groups talking over the transport: three nodes in one process, each with its
+//! own `RaftTransport`, `ShardRegistry` and `serve` listener (behind a counting proxy), several
+//! shard groups per node, and a minimal in-memory log store and state machine (the real stores
+//! live in `ledger-storage`, above this crate).
+//!
+//! What this adds to `transport.rs`: the `ShardRegistry` dispatch into `Raft`, openraft's own
+//! use of the network (elections, replication, the chunked snapshot transfer), and the
+//! one-connection-per-peer promise with many groups at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod support;
+
+use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
+use ledger_raft::{
+    BatchOutcome, Entry, LedgerBatch, LedgerLogId, LedgerMembership, LedgerNode, LedgerRaft,
+    NodeId, ShardId, TypeConfig,
+};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Config, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    SnapshotPolicy, StorageError, StoredMembership, Vote,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use support::CountingProxy;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A bound on waits that end far sooner unless the code under test is broken.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// A minimal in-memory log store and state machine.
+
+#[derive(Default)]
+struct LogContents {
+    vote: Option<Vote<NodeId>>,
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LedgerLogId>,
+}
+
+#[derive(Clone, Default)]
+struct MemoryLog {
+    contents: Arc<Mutex<LogContents>>,
+}
+
+impl RaftLogReader<TypeConfig> for MemoryLog {
+    async fn try_get_log_entries<Range>(
+        &mut self,
+        range: Range,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>>
+    where
+        Range: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let contents = self.contents.lock();
+        Ok(contents
+            .entries
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemoryLog {
+    type LogReader = MemoryLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let contents = self.contents.lock();
+        let last_log_id = contents
+            .entries
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id)
+            .or(contents.last_purged);
+        Ok(LogState {
+            last_purged_log_id: contents.last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> MemoryLog {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.contents.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.contents.lock().vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut contents = self.contents.lock();
+            for entry in entries {
+                contents.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LedgerLogId) -> Result<(), StorageError<NodeId>> {
+        self.contents.lock().entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LedgerLogId) -> Result<(), StorageError<NodeId>> {
+        let mut contents = self.contents.lock();
+        contents.entries = contents.entries.split_off(&(log_id.index + 1));
+        contents.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+/// What the test state machine keeps: enough to check replication and snapshot installation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MachineImage {
+    last_applied: Option<LedgerLogId>,
+    membership: LedgerMembership,
+    /// The timestamps of the applied batches, in log order.
+    applied_batches: Vec<u64>,
+}
+
+#[derive(Default)]
+struct MachineContents {
+    image: MachineImage,
+    current_snapshot: Option<(SnapshotMeta<NodeId, LedgerNode>, Vec<u8>)>,
+    snapshots_installed: usize,
+}
+
+#[derive(Clone, Default)]
+struct MemoryMachine {
+    contents: Arc<Mutex<MachineContents>>,
+}
+
+impl MemoryMachine {
+    fn image(&self) -> MachineImage {
+        self.contents.lock().image.clone()
+    }
+
+    fn snapshots_installed(&self) -> usize {
+        self.contents.lock().snapshots_installed
+    }
+}
+
+fn storage_error(error: &impl std::error::Error) -> StorageError<NodeId> {
+    StorageError::from_io_error(
+        openraft::ErrorSubject::StateMachine,
+        openraft::ErrorVerb::Read,
+        std::io::Error::other(error.to_string()),
+    )
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MemoryMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut contents = self.contents.lock();
+        let data = bincode::serde::encode_to_vec(&contents.image, bincode::config::standard())
+            .map_err(|error| storage_error(&error))?;
+        let last_log_id = contents.image.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership: contents.image.membership.clone(),
+            snapshot_id: format!("{:?}", last_log_id.map(|log_id| log_id.index)),
+        };
+        contents.current_snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MemoryMachine {
+    type SnapshotBuilder = MemoryMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LedgerLogId>, LedgerMembership), StorageError<NodeId>> {
+        let contents = self.contents.lock();
+        Ok((
+            contents.image.last_applied,
+            contents.image.membership.clone(),
+        ))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut contents = self.contents.lock();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            contents.image.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => {
+                    contents.image.applied_batches.push(batch.timestamp_ms)
+                }
+                EntryPayload::Membership(membership) => {
+                    contents.image.membership =
+                        StoredMembership::new(Some(entry.log_id), membership);
+                }
+            }
+            outcomes.push(BatchOutcome::default());
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> MemoryMachine {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, LedgerNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let (image, _): (MachineImage, usize) =
+            bincode::serde::decode_from_slice(&data, bincode::config::standard())
+                .map_err(|error| storage_error(&error))?;
+        let mut contents = self.contents.lock();
+        contents.image = image;
+        contents.current_snapshot = Some((meta.clone(), data));
+        contents.snapshots_installed += 1;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let contents = self.contents.lock();
+        Ok(contents
+            .current_snapshot
+            .as_ref()
+            .map(|(meta, data)| Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(data.clone())),
+            }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cluster of nodes in one process.
+
+struct TestNode {
+    id: NodeId,
+    transport: Arc<RaftTransport>,
+    registry: Arc<ShardRegistry>,
+    /// Peers reach this node through the proxy, which counts their connections.
+    proxy: CountingProxy,
+    groups: BTreeMap<ShardId, (LedgerRaft, MemoryMachine)>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestNode {
+    async fn start(id: NodeId) -> TestNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("local address").to_string();
+        let registry = Arc::new(ShardRegistry::new());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, Arc::clone(&registry) as _, async move {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            id,
+            transport: RaftTransport::new(id),
+            registry,
+            proxy: CountingProxy::start(&address).await,
+            groups: BTreeMap::new(),
+            _stop: stop,
+        }
+    }
+
+    fn ledger_node(&self) -> LedgerNode {
+        LedgerNode {
+            raft_addr: self.proxy.address.clone(),
+            http_addr: String::new(),
+        }
+    }
+
+    async fn add_group(&mut self, shard: ShardId) {
+        let config = Config {
+            cluster_name: format!("shard-{shard}"),
+            heartbeat_interval: 100,
+            election_timeout_min: 1_000,
+            election_timeout_max: 2_000,
+            // Snapshots are sent in many small chunks, and only when the test asks for one.
+            snapshot_max_chunk_size: 16,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..Config::default()
+        };
+        let config = Arc::new(config.validate().expect("valid config"));
+        let machine = MemoryMachine::default();
+        let raft = LedgerRaft::new(
+            self.id,
+            config,
+            self.transport.network_factory(shard),
+            MemoryLog::default(),
+            machine.clone(),
+        )
+        .await
+        .expect("raft starts");
+        self.registry.register(shard, raft.clone());
+        self.groups.insert(shard, (raft, machine));
+    }
+
+    fn raft(&self, shard: ShardId) -> &LedgerRaft {
+        &self.groups[&shard].0
+    }
+
+    fn machine(&self, shard: ShardId) -> &MemoryMachine {
+        &self.groups[&shard].1
+    }
+}
+
+async fn start_nodes(ids: &[NodeId]) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for &id in ids {
+        nodes.push(TestNode::start(id).await);
+    }
+    nodes
+}
+
+fn members(nodes: &[&TestNode]) -> BTreeMap<NodeId, LedgerNode> {
+    nodes
+        .iter()
+        .map(|node| (node.id, node.ledger_node()))
+        .collect()
+}
+
+/// Writes `count` batches through the shard's leader; returns the log index of the last one.
+async fn write_batches(leader: &LedgerRaft, first_timestamp_ms: u64, count: u64) -> u64 {
+    let mut last_index = 0;
+    for offset in 0..count {
+        let batch = LedgerBatch {
+            timestamp_ms: first_timestamp_ms + offset,
+            commands: Vec::new(),
+        };
+        let written = tokio::time::timeout(GENEROUS, leader.client_write(batch))
+            .await
+            .expect("the write commits in time")
+            .expect("the leader accepts the write");
+        last_index = written.log_id.index;
+    }
+    last_index
+}
+
+async fn leader_of(raft: &LedgerRaft) -> NodeId {
+    let metrics = raft
+        .wait(Some(GENEROUS))
+        .metrics(
+            |metrics| metrics.current_leader.is_some(),
+            "a leader is known",
+        )
+        .await
+        .expect("a leader is elected");
+    metrics.current_leader.expect("checked by the wait")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_three_shards_replicate_over_one_connection_per_peer() {
+    let ids = [1, 2, 3];
+    let shards: Vec<ShardId> = vec![0, 1, 2];
+    let mut nodes = start_nodes(&ids).await;
+    for node in &mut nodes {
+        for &shard in &shards {
+            node.add_group(shard).await;
+        }
+    }
+    let all_members = members(&nodes.iter().collect::<Vec<_>>());
+
+    // Shard s is initialized on node s + 1, so every node starts one election and thereby talks
+    // to both of its peers.
+    for &shard in &shards {
+        nodes[shard as usize]
+            .raft(shard)
+            .initialize(all_members.clone())
+            .await
+            .expect("initialize");
+    }
+
+    let mut expected_batches = BTreeMap::new();
+    for &shard in &shards {
+        let leader_id = leader_of(nodes[0].raft(shard)).await;
+        let leader = nodes
+            .iter()
+            .find(|node| node.id == leader_id)
+            .expect("the leader is one of the nodes");
+        let first_timestamp_ms = 1_000 * u64::from(shard + 1);
+        let last_index = write_batches(leader.raft(shard), first_timestamp_ms, 5).await;
+        expected_batches.insert(
+            shard,
+            (first_timestamp_ms..first_timestamp_ms + 5, last_index),
+        );
+    }
+
+    for (&shard, (timestamps, last_index)) in &expected_batches {
+        for node in &nodes {
+            node.raft(shard)
+                .wait(Some(GENEROUS))
+                .applied_index_at_least(Some(*last_index), "replicated")
+                .await
+                .expect("every replica applies the writes");
+            let applied = node.machine(shard).image().applied_batches;
+            assert_eq!(
+                applied,
+                timestamps.clone().collect::<Vec<_>>(),
+                "node {} shard {shard}",
+                node.id
+            );
+        }
+    }
+
+    // Every node dialed each of its two peers exactly once, for all shards together.
+    for node in &nodes {
+        assert_eq!(
+            node.proxy.connections_accepted(),
+            ids.len() - 1,
+            "connections accepted by node {}",
+            node.id
+        );
+    }
+    for node in &nodes {
+        assert_eq!(node.registry.shards(), shards);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_from_a_chunked_snapshot() {
+    const SHARD: ShardId = 7;
+    let mut nodes = start_nodes(&[1, 2, 3]).await;
+    for node in &mut nodes {
+        node.add_group(SHARD).await;
+    }
+    let voters = members(&[&nodes[0], &nodes[1]]);
+    nodes[0]
+        .raft(SHARD)
+        .initialize(voters)
+        .await
+        .expect("initialize");
+    let leader_id = leader_of(nodes[0].raft(SHARD)).await;
+    let leader_position = nodes
+        .iter()
+        .position(|node| node.id == leader_id)
+        .expect("the leader is one of the nodes");
+    let leader = nodes[leader_position].raft(SHARD).clone();
+    let last_index = write_batches(&leader, 500, 20).await;
+
+    // Snapshot and purge the whole log, so the learner can only catch up from the snapshot.
+    leader.trigger().snapshot().await.expect("trigger snapshot");
+    let metrics = leader
+        .wait(Some(GENEROUS))
+        .metrics(
+            |metrics| {
+                metrics.snapshot.map(|log_id| log_id.index) >= Some(last_index)
+                    && metrics.purged.map(|log_id| log_id.index) >= Some(last_index)
+            },
+            "snapshot built and log purged",
+        )
+        .await
+        .expect("the leader snapshots and purges");
+    assert!(metrics.purged.is_some());
+
+    let learner = &nodes[2];
+    tokio::time::timeout(
+        GENEROUS,
+        leader.add_learner(learner.id, learner.ledger_node(), true),
+    )
+    .await
+    .expect("the learner catches up in time")
+    .expect("add learner");
+    learner
+        .raft(SHARD)
+        .wait(Some(GENEROUS))
+        .applied_index_at_least(Some(last_index), "caught up")
+        .await
+        .expect("the learner applies up to the snapshot");
+
+    assert_eq!(learner.machine(SHARD).snapshots_installed(), 1);
+    let leader_batches = nodes[leader_position]
+        .machine(SHARD)
+        .image()
+        .applied_batches;
+    assert_eq!(
+        learner.machine(SHARD).image().applied_batches,
+        leader_batches
+    );
+    assert_eq!(leader_batches, (500..520).collect::<Vec<_>>());
+    let learners: BTreeSet<NodeId> = leader
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .learner_ids()
+        .collect();
+    assert_eq!(learners, BTreeSet::from([learner.id]));
+}

@@ -1,0 +1,220 @@
+//! The node configuration file (the public contract of DESIGN.md) and its validation.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ledger_core::DEFAULT_SHARD_COUNT;
+use ledger_raft::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Most shards a cluster may have: each is a Raft group with its own heartbeats.
+pub const SHARD_COUNT_MAX: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {message}")]
+    Invalid { message: String },
+}
+
+/// One node of the cluster as listed in `[cluster] nodes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub http_addr: String,
+    pub raft_addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default = "default_replication")]
+    pub replication: usize,
+    pub nodes: Vec<ClusterNode>,
+}
+
+fn default_shards() -> u32 {
+    DEFAULT_SHARD_COUNT
+}
+
+fn default_replication() -> usize {
+    3
+}
+
+/// A node's configuration: `ledgerd --config FILE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub http_addr: String,
+    pub raft_addr: String,
+    pub cluster: ClusterConfig,
+}
+
+impl NodeConfig {
+    /// The embedded default of `ledgerd` without arguments: one node holding every shard,
+    /// HTTP on 127.0.0.1:8080, data in `./data`. No Raft listener is opened (no peers).
+    pub fn single_node() -> NodeConfig {
+        let http_addr = "127.0.0.1:8080".to_owned();
+        let raft_addr = "127.0.0.1:8081".to_owned();
+        NodeConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("data"),
+            http_addr: http_addr.clone(),
+            raft_addr: raft_addr.clone(),
+            cluster: ClusterConfig {
+                shards: DEFAULT_SHARD_COUNT,
+                replication: 1,
+                nodes: vec![ClusterNode {
+                    id: 1,
+                    http_addr,
+                    raft_addr,
+                }],
+            },
+        }
+    }
+
+    /// Reads and validates a config file. A relative `data_dir` is taken relative to the current
+    /// directory (as operators expect from a command line tool), not to the file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid { message });
+        if self.cluster.shards == 0 || self.cluster.shards > SHARD_COUNT_MAX {
+            return invalid(format!(
+                "cluster.shards must be between 1 and {SHARD_COUNT_MAX}, got {}",
+                self.cluster.shards
+            ));
+        }
+        if self.cluster.replication == 0 {
+            return invalid("cluster.replication must be at least 1".into());
+        }
+        if self.cluster.nodes.is_empty() {
+            return invalid("cluster.nodes must list at least this node".into());
+        }
+        let mut ids = BTreeSet::new();
+        for node in &self.cluster.nodes {
+            if node.id == 0 {
+                return invalid("node ids must be positive".into());
+            }
+            if !ids.insert(node.id) {
+                return invalid(format!("node id {} is listed twice", node.id));
+            }
+            for (name, address) in [("http_addr", &node.http_addr), ("raft_addr", &node.raft_addr)] {
+                if address.parse::<SocketAddr>().is_err() {
+                    return invalid(format!(
+                        "node {}: {name} {address:?} is not an ip:port address",
+                        node.id
+                    ));
+                }
+            }
+        }
+        let Some(me) = self.cluster.nodes.iter().find(|node| node.id == self.node_id) else {
+            return invalid(format!(
+                "node_id {} is not listed in cluster.nodes",
+                self.node_id
+            ));
+        };
+        if me.http_addr != self.http_addr || me.raft_addr != self.raft_addr {
+            return invalid(format!(
+                "node {}: http_addr/raft_addr differ from its entry in cluster.nodes",
+                self.node_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// Node ids, sorted: the input of placement, identical on every node.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.cluster.nodes.iter().map(|node| node.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&ClusterNode> {
+        self.cluster.nodes.iter().find(|node| node.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"
+node_id = 1
+data_dir = "data/node1"
+http_addr = "127.0.0.1:7001"     # client and admin API
+raft_addr = "127.0.0.1:7101"     # node-to-node traffic
+[cluster]
+shards = 16
+replication = 3
+nodes = [
+  { id = 1, http_addr = "127.0.0.1:7001", raft_addr = "127.0.0.1:7101" },
+  { id = 2, http_addr = "127.0.0.1:7002", raft_addr = "127.0.0.1:7102" },
+  { id = 3, http_addr = "127.0.0.1:7003", raft_addr = "127.0.0.1:7103" },
+]
+"#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let config: NodeConfig = toml::from_str(CONTRACT_EXAMPLE).expect("contract example parses");
+        config.validate().expect("contract example is valid");
+        assert_eq!(config.node_ids(), vec![1, 2, 3]);
+        assert_eq!(config.cluster.shards, 16);
+        assert_eq!(config.data_dir, PathBuf::from("data/node1"));
+    }
+
+    #[test]
+    fn single_node_default_is_valid() {
+        NodeConfig::single_node().validate().expect("embedded default is valid");
+    }
+
+    #[test]
+    fn rejects_inconsistent_configs() {
+        let base: NodeConfig = toml::from_str(CONTRACT_EXAMPLE).expect("parses");
+        let mut not_listed = base.clone();
+        not_listed.node_id = 9;
+        let mut zero_shards = base.clone();
+        zero_shards.cluster.shards = 0;
+        let mut duplicate = base.clone();
+        duplicate.cluster.nodes.push(base.cluster.nodes[0].clone());
+        let mut bad_address = base.clone();
+        bad_address.cluster.nodes[1].raft_addr = "nowhere".into();
+        let mut mismatch = base;
+        mismatch.http_addr = "127.0.0.1:9999".into();
+        for config in [not_listed, zero_shards, duplicate, bad_address, mismatch] {
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Invalid { .. })),
+                "{config:?} should be invalid"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let text = CONTRACT_EXAMPLE.replace("node_id = 1", "node_id = 1\nnode_identifier = 2");
+        assert!(toml::from_str::<NodeConfig>(&text).is_err());
+    }
+}

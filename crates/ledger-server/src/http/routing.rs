@@ -1,0 +1,217 @@
+//! Where a request is served: on this node when it leads the request's shard, else forwarded to
+//! the leader's HTTP address; 503 with `Retry-After` when the shard has no leader right now.
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ledger_actors::SubmitError;
+use ledger_api::codes;
+use ledger_core::{Command, Outcome};
+use ledger_raft::proposer::ProposeError;
+use ledger_raft::{NodeId, ShardId, ShardState};
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use super::{ApiError, HOPS_HEADER, HOPS_MAX};
+use crate::node::{NodeContext, ShardReplica};
+
+/// What is needed to send the same request on to another node.
+pub struct Forwardable {
+    pub method: Method,
+    /// Path and query, e.g. `/v1/accounts/a/debits`.
+    pub path_and_query: String,
+    pub body: Bytes,
+    /// Forwards so far (from the `x-ledger-hops` header).
+    pub hops: u32,
+}
+
+impl Forwardable {
+    pub fn new(method: Method, path_and_query: String, headers: &HeaderMap, body: Bytes) -> Self {
+        let hops = headers
+            .get(HOPS_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        Forwardable {
+            method,
+            path_and_query,
+            body,
+            hops,
+        }
+    }
+}
+
+/// The outcome of routing: served here, or a complete response from elsewhere (forwarded answer
+/// or an error).
+pub enum Routed<T> {
+    Here(T),
+    Answered(Response),
+}
+
+fn no_leader(shard: ShardId) -> Response {
+    ApiError::unavailable(
+        codes::NO_LEADER,
+        format!("shard {shard} has no leader right now; retry with the same key"),
+    )
+    .into_response()
+}
+
+/// The replica of `shard` on this node, if this node currently leads it; otherwise the answer to
+/// give (forwarded, or 503).
+async fn leader_replica<'a>(
+    context: &'a NodeContext,
+    shard: ShardId,
+    request: &Forwardable,
+) -> Result<&'a ShardReplica, Response> {
+    match context.replicas.get(&shard) {
+        Some(replica) => match replica.current_leader() {
+            Some(leader) if leader == context.node_id() => Ok(replica),
+            Some(leader) => Err(forward(context, leader, shard, request).await),
+            None => Err(no_leader(shard)),
+        },
+        // This node holds no replica of the shard: any replica knows the leader.
+        None => match context.replica_nodes(shard).first() {
+            Some(node) => Err(forward(context, *node, shard, request).await),
+            None => Err(no_leader(shard)),
+        },
+    }
+}
+
+/// Decides `command` through its shard's leader and returns the outcome, or the complete
+/// response when the request was forwarded or could not be decided now.
+pub async fn write(
+    context: &NodeContext,
+    shard: ShardId,
+    command: Command,
+    request: &Forwardable,
+) -> Routed<Outcome> {
+    let replica = match leader_replica(context, shard, request).await {
+        Ok(replica) => replica,
+        Err(response) => return Routed::Answered(response),
+    };
+    match context.actors.submit(&replica.proposer, command).await {
+        Ok(outcome) => Routed::Here(outcome),
+        Err(error) => Routed::Answered(submit_error_response(context, shard, error, request).await),
+    }
+}
+
+/// The answer for a command that was not decided.
+pub async fn submit_error_response(
+    context: &NodeContext,
+    shard: ShardId,
+    error: SubmitError,
+    request: &Forwardable,
+) -> Response {
+    match error {
+        SubmitError::Overloaded { account_id } => {
+            ApiError::overloaded(format!("account {account_id} has too many requests in flight"))
+                .into_response()
+        }
+        SubmitError::Propose(ProposeError::Overloaded { .. }) => {
+            ApiError::overloaded(format!("shard {shard} is at its queue bound")).into_response()
+        }
+        SubmitError::Propose(ProposeError::NotLeader {
+            leader: Some(leader),
+            ..
+        }) if leader != context.node_id() => forward(context, leader, shard, request).await,
+        SubmitError::Propose(ProposeError::NotLeader { .. }) => no_leader(shard),
+        SubmitError::Propose(ProposeError::OutcomeUnknown { .. }) => ApiError::unavailable(
+            codes::UNAVAILABLE,
+            format!(
+                "shard {shard}: leadership changed while the request was in flight; retry with \
+                 the same key to learn its outcome"
+            ),
+        )
+        .into_response(),
+        SubmitError::Propose(ProposeError::Stopped { .. }) | SubmitError::Stopped => {
+            ApiError::unavailable(codes::UNAVAILABLE, "this node is shutting down").into_response()
+        }
+    }
+}
+
+/// Runs `read` on the shard's applied state after confirming leadership with a quorum and
+/// waiting until the state reflects every write committed before the read began (read index):
+/// the read is linearizable.
+pub async fn linearizable_read<T>(
+    context: &NodeContext,
+    shard: ShardId,
+    request: &Forwardable,
+    read: impl FnOnce(&ShardState) -> T,
+) -> Routed<T> {
+    let replica = match leader_replica(context, shard, request).await {
+        Ok(replica) => replica,
+        Err(response) => return Routed::Answered(response),
+    };
+    match replica.raft.ensure_linearizable().await {
+        Ok(_) => Routed::Here(read(&replica.state.read())),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward_to))) => {
+            match forward_to.leader_id {
+                Some(leader) if leader != context.node_id() => {
+                    Routed::Answered(forward(context, leader, shard, request).await)
+                }
+                _ => Routed::Answered(no_leader(shard)),
+            }
+        }
+        Err(error) => {
+            tracing::debug!(shard, %error, "linearizable read failed");
+            Routed::Answered(no_leader(shard))
+        }
+    }
+}
+
+/// Sends the request on to `node` and relays its answer unchanged.
+pub async fn forward(
+    context: &NodeContext,
+    node: NodeId,
+    shard: ShardId,
+    request: &Forwardable,
+) -> Response {
+    if request.hops >= HOPS_MAX {
+        return no_leader(shard);
+    }
+    let Some(address) = context.http_addr_of(node) else {
+        return no_leader(shard);
+    };
+    let url = format!("http://{address}{}", request.path_and_query);
+    let result = context
+        .forwarder
+        .request(request.method.clone(), &url)
+        .header(HOPS_HEADER, (request.hops + 1).to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(request.body.clone())
+        .send()
+        .await;
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::debug!(shard, node, %error, "forwarding failed");
+            // The request may or may not have reached the leader: only a retry with the same key
+            // can tell, which is what 503 asks for.
+            return ApiError::unavailable(
+                codes::UNAVAILABLE,
+                format!("shard {shard}: the leader (node {node}) could not be reached; retry with the same key"),
+            )
+            .into_response();
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    match answer.bytes().await {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            let headers = response.headers_mut();
+            if let Some(value) = content_type {
+                headers.insert(header::CONTENT_TYPE, value);
+            }
+            if let Some(value) = retry_after {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        Err(error) => ApiError::unavailable(
+            codes::UNAVAILABLE,
+            format!("shard {shard}: the leader's answer was cut off ({error}); retry with the same key"),
+        )
+        .into_response(),
+    }
+}

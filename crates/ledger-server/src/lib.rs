@@ -1,0 +1,18 @@
+//! `ledger-server`: a ledger node.
+//!
+//! Reads the node configuration ([`config`]), opens storage, starts one Raft group per hosted
+//! shard with its proposer, the node-to-node transport, the account actors, and serves the HTTP
+//! API ([`http`]) that forwards each request to the leader of its shard.
+//!
+//! **Boundary:** this is wiring and the HTTP edge. Business decisions belong to `ledger-core`,
+//! consensus to `ledger-raft`, persistence to `ledger-storage`, ordering and admission to
+//! `ledger-actors`; this crate must not re-implement any of them. JSON lives here and in
+//! `ledger-api` only.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+
+pub use config::NodeConfig;
+pub use node::{NodeTuning, RunningNode};

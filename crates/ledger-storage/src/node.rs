@@ -1,0 +1,348 @@
+//! The node's one RocksDB: opening it, the WAL syncer, and opening the stores of each shard.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ledger_core::{Account, DebitRecord, Ledger};
+use ledger_raft::{Entry, LedgerLogId, ShardId, ShardState, SharedShardState};
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use crate::codec::decode;
+use crate::error::StorageError;
+use crate::fail_points::FailPoints;
+use crate::keys::*;
+use crate::log_store::{LogPointers, LogStore};
+use crate::state_machine::{AppliedState, SnapshotSlot, StateMachineStore};
+use crate::syncer::{LogSyncStats, SyncerShared, WalSyncer};
+
+/// The storage of one node: one RocksDB holding the Raft logs and state machines of all the
+/// shards it hosts, and the syncer thread that makes their appends durable together.
+///
+/// Cheap to clone (a shared handle). The database closes when the last clone and the last store
+/// opened from it are dropped.
+#[derive(Clone)]
+pub struct NodeStorage {
+    node: Arc<NodeInner>,
+}
+
+/// Whether a write must be on disk when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// In the WAL (readable, survives a process crash) but not fsynced: a later sync or the WAL
+    /// order makes it durable, see the callers' comments.
+    Buffered,
+    /// fsynced before the write returns.
+    Synced,
+}
+
+pub(crate) struct NodeInner {
+    // Declared first so that it is dropped first: its drop drains the queue and joins the thread,
+    // which holds the last other reference to `db`.
+    _syncer: WalSyncer,
+    pub(crate) db: Arc<DB>,
+    pub(crate) syncer_shared: Arc<SyncerShared>,
+    pub(crate) fail_points: Arc<FailPoints>,
+    open_shards: Mutex<BTreeSet<ShardId>>,
+    path: PathBuf,
+}
+
+/// What a shard's stores share: the node, the shard id, and the claim on that shard, released
+/// when the last store of the shard is dropped.
+pub(crate) struct ShardHandle {
+    pub(crate) node: Arc<NodeInner>,
+    pub(crate) shard: ShardId,
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        self.node.open_shards.lock().remove(&self.shard);
+    }
+}
+
+impl NodeStorage {
+    /// Opens (creating if needed) the node's database at `path` and starts its WAL syncer.
+    pub fn open(path: impl AsRef<Path>) -> Result<NodeStorage, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        // Writes go to the WAL file at once (a process crash loses nothing); only the fsync is
+        // deferred to the syncer. `manual_wal_flush` stays off for that reason.
+        db_options.set_manual_wal_flush(false);
+        let column_families = COLUMN_FAMILIES.iter().map(|name| {
+            let mut family_options = Options::default();
+            family_options.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, family_options)
+        });
+        let db =
+            DB::open_cf_descriptors(&db_options, &path, column_families).map_err(|source| {
+                StorageError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        let db = Arc::new(db);
+        let syncer_shared = Arc::new(SyncerShared::new());
+        let fail_points = Arc::new(FailPoints::new(Arc::clone(&syncer_shared)));
+        let syncer = WalSyncer::start(
+            Arc::clone(&db),
+            Arc::clone(&syncer_shared),
+            Arc::clone(&fail_points),
+        )?;
+        tracing::info!(path = %path.display(), "node storage opened");
+        Ok(NodeStorage {
+            node: Arc::new(NodeInner {
+                _syncer: syncer,
+                db,
+                syncer_shared,
+                fail_points,
+                open_shards: Mutex::new(BTreeSet::new()),
+                path,
+            }),
+        })
+    }
+
+    /// Opens the log store and the state machine store of `shard`, loading its applied ledger
+    /// from disk into the returned `SharedShardState` (which the state machine store writes and
+    /// readers share).
+    ///
+    /// Blocking: it reads the shard's whole ledger. From async code call it inside
+    /// `tokio::task::spawn_blocking`. A shard can be open once at a time; it can be opened again
+    /// after both of its stores (and their readers and snapshot builders) are dropped.
+    pub fn open_shard(
+        &self,
+        shard: ShardId,
+    ) -> Result<(LogStore, StateMachineStore, SharedShardState), StorageError> {
+        if shard > SHARD_ID_MAX {
+            return Err(StorageError::ShardIdOutOfRange {
+                shard,
+                shard_id_max: SHARD_ID_MAX,
+            });
+        }
+        if !self.node.open_shards.lock().insert(shard) {
+            return Err(StorageError::ShardAlreadyOpen { shard });
+        }
+        // From here on, dropping the handle (also on an error below) releases the claim.
+        let handle = Arc::new(ShardHandle {
+            node: Arc::clone(&self.node),
+            shard,
+        });
+        let log_pointers = load_log_pointers(&handle)?;
+        let shard_state = load_shard_state(&handle)?;
+        let snapshot_slot = SnapshotSlot::load(&handle)?;
+        tracing::info!(
+            shard,
+            last_purged = ?log_pointers.last_purged_log_id,
+            last_log = ?log_pointers.last_present_log_id,
+            last_applied = ?shard_state.last_applied,
+            accounts = shard_state.ledger.accounts().count(),
+            "shard storage opened"
+        );
+        let shared_state: SharedShardState = Arc::new(RwLock::new(shard_state));
+        let log_store = LogStore::new(Arc::clone(&handle), log_pointers);
+        let state_machine =
+            StateMachineStore::new(handle, Arc::clone(&shared_state), Arc::new(snapshot_slot));
+        Ok((log_store, state_machine, shared_state))
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.node.path
+    }
+
+    /// Counters of the group commit (WAL syncs and the appends they completed).
+    pub fn log_sync_stats(&self) -> LogSyncStats {
+        self.node.syncer_shared.stats()
+    }
+
+    /// The fail points of this node's storage, for failure tests.
+    pub fn fail_points(&self) -> &FailPoints {
+        &self.node.fail_points
+    }
+}
+
+impl NodeInner {
+    /// A column family handle. All of them are created by `open`, so a missing one is a bug.
+    pub(crate) fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created when the database opens"))
+    }
+
+    pub(crate) fn write(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        column_family: &'static str,
+        shard: ShardId,
+    ) -> Result<(), StorageError> {
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(durability == Durability::Synced);
+        self.db
+            .write_opt(batch, &write_options)
+            .map_err(|source| StorageError::RocksDb {
+                operation: "write",
+                column_family,
+                shard,
+                source,
+            })
+    }
+
+    pub(crate) fn get(
+        &self,
+        column_family: &'static str,
+        key: &[u8],
+        shard: ShardId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get_cf(self.cf(column_family), key)
+            .map_err(|source| StorageError::RocksDb {
+                operation: "get",
+                column_family,
+                shard,
+                source,
+            })
+    }
+
+    /// Visits the key-value pairs of `column_family` in `[start, end)`, in key order (or reverse
+    /// order), until `visit` returns `false`.
+    pub(crate) fn scan(
+        &self,
+        column_family: &'static str,
+        start: &[u8],
+        end: &[u8],
+        direction: Direction,
+        shard: ShardId,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start.to_vec());
+        read_options.set_iterate_upper_bound(end.to_vec());
+        let mode = match direction {
+            Direction::Forward => IteratorMode::Start,
+            Direction::Reverse => IteratorMode::End,
+        };
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(column_family), read_options, mode)
+        {
+            let (key, value) = item.map_err(|source| StorageError::RocksDb {
+                operation: "iterate",
+                column_family,
+                shard,
+                source,
+            })?;
+            if !visit(&key, &value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking storage operation on tokio's blocking pool, so that RocksDB writes, fsyncs and
+/// scans never stall the async worker threads that drive the Raft groups and the network.
+pub(crate) async fn run_blocking<T, F>(shard: ShardId, operation: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(operation)
+        .await
+        .map_err(|join_error| StorageError::BlockingTask {
+            shard,
+            detail: join_error.to_string(),
+        })?
+}
+
+fn load_log_pointers(handle: &ShardHandle) -> Result<LogPointers, StorageError> {
+    let shard = handle.shard;
+    let last_purged_log_id: Option<LedgerLogId> = handle
+        .node
+        .get(
+            CF_RAFT_STATE,
+            &raft_state_key(shard, RAFT_STATE_LAST_PURGED),
+            shard,
+        )?
+        .map(|bytes| decode(&bytes, "last purged log id", shard))
+        .transpose()?;
+    let mut last_present_log_id = None;
+    let (start, end) = shard_range(shard);
+    handle.node.scan(
+        CF_RAFT_LOG,
+        &start,
+        &end,
+        Direction::Reverse,
+        shard,
+        |_, value| {
+            let entry: Entry = decode(value, "log entry", shard)?;
+            last_present_log_id = Some(entry.log_id);
+            Ok(false)
+        },
+    )?;
+    Ok(LogPointers {
+        last_purged_log_id,
+        last_present_log_id,
+    })
+}
+
+fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
+    let shard = handle.shard;
+    let mut applied_state = AppliedState::default();
+    let mut accounts: Vec<Account> = Vec::new();
+    let mut debit_records: Vec<((String, String), DebitRecord)> = Vec::new();
+    let (start, end) = shard_range(shard);
+    handle.node.scan(
+        CF_LEDGER,
+        &start,
+        &end,
+        Direction::Forward,
+        shard,
+        |key, value| {
+            match parse_ledger_key(key) {
+                Some(LedgerKey::AppliedState) => {
+                    applied_state = decode(value, "applied state", shard)?;
+                }
+                Some(LedgerKey::Account { account_id }) => {
+                    let account: Account = decode(value, "account", shard)?;
+                    if account.account_id != account_id {
+                        return Err(StorageError::Corrupt {
+                            what: "account",
+                            shard,
+                            detail: format!(
+                                "key names account {account_id:?}, value is account {:?}",
+                                account.account_id
+                            ),
+                        });
+                    }
+                    accounts.push(account);
+                }
+                Some(LedgerKey::DebitRecord {
+                    account_id,
+                    idempotency_key,
+                }) => {
+                    let record: DebitRecord = decode(value, "debit record", shard)?;
+                    debit_records.push(((account_id, idempotency_key), record));
+                }
+                None => {
+                    return Err(StorageError::Corrupt {
+                        what: "ledger key",
+                        shard,
+                        detail: format!("malformed key {key:?}"),
+                    });
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(ShardState {
+        ledger: Ledger::restore(accounts, debit_records, applied_state.last_timestamp_ms),
+        last_applied: applied_state.last_applied,
+        last_membership: applied_state.last_membership,
+    })
+}

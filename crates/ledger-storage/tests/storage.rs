@@ -1,0 +1,434 @@
+//! Behaviour of the node storage beyond openraft's suite: restart, snapshot transfer, shard
+//! isolation, group commit and the fail points.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use common::*;
+use ledger_core::Ledger;
+use ledger_raft::{BatchOutcome, Entry, LedgerMembership, ShardId, ShardState};
+use ledger_storage::{LogStore, NodeStorage, StateMachineStore, StorageError};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote};
+use tempfile::TempDir;
+
+/// Applies `entry_count` entries (random ledger batches, with a blank entry first and a
+/// membership change in the middle) to `state_machine`, in calls of 1 to 4 entries, and checks
+/// every outcome against `model`. Returns the membership the model expects.
+async fn apply_random_entries(
+    state_machine: &mut StateMachineStore,
+    model: &mut Ledger,
+    generator: &mut CommandGenerator,
+    first_index: u64,
+    entry_count: u64,
+) -> anyhow::Result<LedgerMembership> {
+    let mut membership = LedgerMembership::default();
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut expected: Vec<BatchOutcome> = Vec::new();
+    for index in first_index..first_index + entry_count {
+        let entry = if index == first_index {
+            expected.push(BatchOutcome::default());
+            blank_entry(2, index)
+        } else if index == first_index + entry_count / 2 {
+            let entry = membership_entry(2, index, &[1, 2, 3]);
+            if let openraft::EntryPayload::Membership(config) = &entry.payload {
+                membership = StoredMembership::new(Some(entry.log_id), config.clone());
+            }
+            expected.push(BatchOutcome::default());
+            entry
+        } else {
+            let batch = generator.batch(1_000_000 + index * 10);
+            expected.push(BatchOutcome {
+                outcomes: model_apply(model, &batch),
+            });
+            batch_entry(2, index, batch)
+        };
+        pending.push(entry);
+        if pending.len() == 1 + (index % 4) as usize {
+            let outcomes = state_machine.apply(std::mem::take(&mut pending)).await?;
+            ensure!(
+                outcomes == std::mem::take(&mut expected),
+                "outcomes differ from the model"
+            );
+        }
+    }
+    let outcomes = state_machine.apply(pending).await?;
+    ensure!(outcomes == expected, "outcomes differ from the model");
+    Ok(membership)
+}
+
+fn open_shard_stores(
+    storage: &NodeStorage,
+    shard: ShardId,
+) -> anyhow::Result<(LogStore, StateMachineStore, ledger_raft::SharedShardState)> {
+    storage
+        .open_shard(shard)
+        .with_context(|| format!("open shard {shard}"))
+}
+
+#[tokio::test]
+async fn restart_recovers_ledger_applied_state_membership_vote_and_log() -> anyhow::Result<()> {
+    let seed = test_seed("restart_recovers_ledger_applied_state_membership_vote_and_log");
+    let directory = TempDir::new()?;
+    let shard = 3;
+    let mut model = Ledger::new();
+    let mut generator = CommandGenerator::new(seed, "acct");
+
+    let (before, membership) = {
+        let storage = NodeStorage::open(directory.path())?;
+        let (mut log_store, mut state_machine, state) = open_shard_stores(&storage, shard)?;
+        let entries: Vec<Entry> = (1..=40).map(|index| blank_entry(2, index)).collect();
+        log_store.blocking_append(entries).await?;
+        log_store.save_vote(&Vote::new_committed(2, 1)).await?;
+        log_store.save_committed(Some(log_id(2, 40))).await?;
+        log_store.purge(log_id(2, 10)).await?;
+        log_store.truncate(log_id(2, 31)).await?;
+        let membership =
+            apply_random_entries(&mut state_machine, &mut model, &mut generator, 1, 60).await?;
+        let before = state.read().clone();
+        (before, membership)
+    };
+
+    let storage = NodeStorage::open(directory.path())?;
+    let (mut log_store, mut state_machine, state) = open_shard_stores(&storage, shard)?;
+    let after: ShardState = state.read().clone();
+    assert_eq!(after.ledger, before.ledger);
+    assert_eq!(
+        after.ledger, model,
+        "restored ledger differs from the model"
+    );
+    assert_eq!(after.ledger.digest(), model.digest());
+    assert_eq!(after.last_applied, Some(log_id(2, 60)));
+    assert_eq!(after.last_membership, membership);
+    assert_eq!(
+        state_machine.applied_state().await?,
+        (Some(log_id(2, 60)), membership)
+    );
+
+    assert_eq!(
+        log_store.read_vote().await?,
+        Some(Vote::new_committed(2, 1))
+    );
+    assert_eq!(log_store.read_committed().await?, Some(log_id(2, 40)));
+    let log_state = log_store.get_log_state().await?;
+    assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 10)));
+    assert_eq!(log_state.last_log_id, Some(log_id(2, 30)));
+    let indexes: Vec<u64> = log_store
+        .try_get_log_entries(0..)
+        .await?
+        .iter()
+        .map(|entry| entry.log_id.index)
+        .collect();
+    assert_eq!(indexes, (11..=30).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> anyhow::Result<()> {
+    let seed = test_seed("snapshot_installs_on_another_node_and_replaces_the_whole_shard");
+    let shard = 5;
+    let neighbour = 6;
+
+    // The leader's node: its shard applies 50 entries, then builds a snapshot.
+    let leader_directory = TempDir::new()?;
+    let leader_storage = NodeStorage::open(leader_directory.path())?;
+    let (_leader_log, mut leader_machine, leader_state) =
+        open_shard_stores(&leader_storage, shard)?;
+    let mut leader_model = Ledger::new();
+    let mut generator = CommandGenerator::new(seed, "acct");
+    apply_random_entries(
+        &mut leader_machine,
+        &mut leader_model,
+        &mut generator,
+        1,
+        50,
+    )
+    .await?;
+    let snapshot = leader_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await?;
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 50)));
+    let current = leader_machine
+        .get_current_snapshot()
+        .await?
+        .context("the built snapshot is the current one")?;
+    assert_eq!(current.meta, snapshot.meta);
+    let second = leader_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await?;
+    assert_ne!(
+        second.meta.snapshot_id, snapshot.meta.snapshot_id,
+        "snapshot ids are unique"
+    );
+
+    // The follower's node: the same shard holds other, older accounts; a neighbour shard holds
+    // its own.
+    let follower_directory = TempDir::new()?;
+    let follower_storage = NodeStorage::open(follower_directory.path())?;
+    let mut stale_model = Ledger::new();
+    let mut neighbour_model = Ledger::new();
+    {
+        let (_log, mut machine, _state) = open_shard_stores(&follower_storage, shard)?;
+        let mut stale = CommandGenerator::new(seed ^ 1, "stale");
+        apply_random_entries(&mut machine, &mut stale_model, &mut stale, 1, 20).await?;
+        let (_log, mut machine, _state) = open_shard_stores(&follower_storage, neighbour)?;
+        let mut other = CommandGenerator::new(seed ^ 2, "other");
+        apply_random_entries(&mut machine, &mut neighbour_model, &mut other, 1, 20).await?;
+    }
+    ensure!(
+        stale_model.accounts().next().is_some(),
+        "the stale shard holds accounts"
+    );
+
+    {
+        let (_log, mut machine, state) = open_shard_stores(&follower_storage, shard)?;
+        let mut receiving = machine.begin_receiving_snapshot().await?;
+        *receiving = *current.snapshot;
+        machine.install_snapshot(&current.meta, receiving).await?;
+        assert_eq!(
+            state.read().ledger.digest(),
+            leader_state.read().ledger.digest()
+        );
+        assert_eq!(
+            machine
+                .get_current_snapshot()
+                .await?
+                .map(|snapshot| snapshot.meta),
+            Some(current.meta.clone())
+        );
+    }
+
+    // After a restart the follower's shard is exactly the leader's: the stale keys are gone.
+    drop(follower_storage);
+    let follower_storage = NodeStorage::open(follower_directory.path())?;
+    let (_log, mut machine, state) = open_shard_stores(&follower_storage, shard)?;
+    {
+        let restored = state.read();
+        assert_eq!(restored.ledger, leader_model);
+        assert_eq!(restored.ledger.digest(), leader_model.digest());
+        for stale_account in stale_model.accounts() {
+            assert!(restored.ledger.account(&stale_account.account_id).is_none());
+        }
+    }
+    assert_eq!(
+        machine.applied_state().await?,
+        (
+            current.meta.last_log_id,
+            current.meta.last_membership.clone()
+        )
+    );
+    let (_log, _machine, neighbour_state) = open_shard_stores(&follower_storage, neighbour)?;
+    assert_eq!(
+        neighbour_state.read().ledger,
+        neighbour_model,
+        "the neighbour shard is untouched"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn shards_in_one_database_do_not_see_each_other() -> anyhow::Result<()> {
+    let seed = test_seed("shards_in_one_database_do_not_see_each_other");
+    let directory = TempDir::new()?;
+    let shards: [ShardId; 3] = [1, 2, 256];
+    let mut models = Vec::new();
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        for (position, &shard) in shards.iter().enumerate() {
+            let term = 10 + position as u64;
+            let (mut log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
+            let entries: Vec<Entry> = (1..=(20 + position as u64))
+                .map(|index| blank_entry(term, index))
+                .collect();
+            log_store.blocking_append(entries).await?;
+            log_store.save_vote(&Vote::new(term, shard as u64)).await?;
+            let mut model = Ledger::new();
+            let mut generator = CommandGenerator::new(seed + position as u64, &format!("s{shard}"));
+            apply_random_entries(&mut machine, &mut model, &mut generator, 1, 30).await?;
+            models.push(model);
+        }
+        // Truncating one shard's log and purging another's leaves the third one whole.
+        let (mut first_log, _, _) = open_shard_stores(&storage, shards[0])?;
+        first_log.truncate(log_id(10, 5)).await?;
+        let (mut second_log, _, _) = open_shard_stores(&storage, shards[1])?;
+        second_log.purge(log_id(11, 15)).await?;
+    }
+
+    let storage = NodeStorage::open(directory.path())?;
+    let expected_indexes: [Vec<u64>; 3] =
+        [(1..=4).collect(), (16..=21).collect(), (1..=22).collect()];
+    for (position, &shard) in shards.iter().enumerate() {
+        let term = 10 + position as u64;
+        let (mut log_store, _machine, state) = open_shard_stores(&storage, shard)?;
+        assert_eq!(
+            state.read().ledger,
+            models[position],
+            "ledger of shard {shard}"
+        );
+        assert_eq!(
+            log_store.read_vote().await?,
+            Some(Vote::new(term, shard as u64))
+        );
+        let entries = log_store.try_get_log_entries(0..).await?;
+        assert!(entries
+            .iter()
+            .all(|entry| entry.log_id.leader_id.term == term));
+        let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(indexes, expected_indexes[position], "log of shard {shard}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shard_opens_once_at_a_time() -> anyhow::Result<()> {
+    let directory = TempDir::new()?;
+    let storage = NodeStorage::open(directory.path())?;
+    let stores = open_shard_stores(&storage, 4)?;
+    assert!(matches!(
+        storage.open_shard(4),
+        Err(StorageError::ShardAlreadyOpen { shard: 4 })
+    ));
+    assert!(matches!(
+        storage.open_shard(u32::MAX),
+        Err(StorageError::ShardIdOutOfRange { .. })
+    ));
+    drop(stores);
+    open_shard_stores(&storage, 4)?;
+    Ok(())
+}
+
+/// Waits until `condition` holds, failing after a generous deadline (a hang, not a slow run).
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        ensure!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_wal_sync_completes_the_appends_of_many_shards() -> anyhow::Result<()> {
+    let directory = TempDir::new()?;
+    let storage = NodeStorage::open(directory.path())?;
+    let shard_count: ShardId = 8;
+    let mut log_stores = Vec::new();
+    for shard in 0..shard_count {
+        log_stores.push(open_shard_stores(&storage, shard)?.0);
+    }
+
+    // Held syncer: every append writes and returns, its callback waits.
+    storage.fail_points().pause_wal_sync();
+    let mut appends = Vec::new();
+    let mut readers = Vec::new();
+    for mut log_store in log_stores {
+        readers.push(log_store.get_log_reader().await);
+        appends.push(tokio::spawn(async move {
+            let entries: Vec<Entry> = (1..=3).map(|index| blank_entry(1, index)).collect();
+            log_store.blocking_append(entries).await.map(|()| log_store)
+        }));
+    }
+    let pending_target = shard_count as usize;
+    wait_until("every shard's append waits for the WAL sync", || {
+        storage.fail_points().pending_wal_syncs() == pending_target
+    })
+    .await?;
+    // Readable before durable: openraft may replicate entries whose flush is still pending.
+    for reader in &mut readers {
+        assert_eq!(reader.try_get_log_entries(1..4).await?.len(), 3);
+    }
+    assert_eq!(storage.log_sync_stats().appends_completed, 0);
+
+    storage.fail_points().resume_wal_sync();
+    let mut log_stores = Vec::new();
+    for append in appends {
+        log_stores.push(append.await??);
+    }
+    let stats = storage.log_sync_stats();
+    assert_eq!(stats.wal_syncs, 1, "one sync served all shards");
+    assert_eq!(stats.appends_completed, u64::from(shard_count));
+
+    // Under free-running concurrent load every append completes and the logs stay in order.
+    let appends_per_shard = 40;
+    let mut tasks = Vec::new();
+    for mut log_store in log_stores {
+        tasks.push(tokio::spawn(async move {
+            for index in 4..4 + appends_per_shard {
+                log_store.blocking_append([blank_entry(1, index)]).await?;
+            }
+            let indexes: Vec<u64> = log_store
+                .try_get_log_entries(0..)
+                .await?
+                .iter()
+                .map(|entry| entry.log_id.index)
+                .collect();
+            anyhow::Ok(indexes)
+        }));
+    }
+    for task in tasks {
+        assert_eq!(
+            task.await??,
+            (1..4 + appends_per_shard).collect::<Vec<u64>>()
+        );
+    }
+    let stats = storage.log_sync_stats();
+    assert_eq!(
+        stats.appends_completed,
+        u64::from(shard_count) * (1 + appends_per_shard)
+    );
+    println!(
+        "group commit: {} appends in {} WAL syncs",
+        stats.appends_completed, stats.wal_syncs
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_wal_sync_fails_its_appends_and_every_later_one() -> anyhow::Result<()> {
+    let directory = TempDir::new()?;
+    let storage = NodeStorage::open(directory.path())?;
+    let (mut log_store, _machine, _state) = open_shard_stores(&storage, 0)?;
+    log_store.blocking_append([blank_entry(1, 1)]).await?;
+
+    storage.fail_points().set_wal_sync_error(true);
+    assert!(log_store
+        .blocking_append([blank_entry(1, 2)])
+        .await
+        .is_err());
+    // The fault is gone, but a sync after a failed fsync cannot be trusted: still an error.
+    storage.fail_points().set_wal_sync_error(false);
+    assert!(log_store
+        .blocking_append([blank_entry(1, 3)])
+        .await
+        .is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_apply_write_is_a_storage_error_and_leaves_the_disk_unchanged(
+) -> anyhow::Result<()> {
+    let directory = TempDir::new()?;
+    let applied_before = {
+        let storage = NodeStorage::open(directory.path())?;
+        let (_log, mut machine, _state) = open_shard_stores(&storage, 0)?;
+        let mut model = Ledger::new();
+        let mut generator = CommandGenerator::new(7, "acct");
+        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
+        let applied_before = machine.applied_state().await?;
+
+        storage.fail_points().set_apply_write_error(true);
+        let batch = generator.batch(2_000_000);
+        assert!(machine.apply([batch_entry(2, 11, batch)]).await.is_err());
+        applied_before
+    };
+    let storage = NodeStorage::open(directory.path())?;
+    let (_log, mut machine, _state) = open_shard_stores(&storage, 0)?;
+    assert_eq!(machine.applied_state().await?, applied_before);
+    Ok(())
+}

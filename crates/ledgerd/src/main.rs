@@ -1,0 +1,70 @@
+//! `ledgerd`: the Credit Ledger server.
+//!
+//! `ledgerd` alone runs a single-node ledger (all shards local) on 127.0.0.1:8080 with data in
+//! `./data`; `ledgerd --config FILE` runs one node of a cluster. A thin layer over
+//! `ledger-server`: parse arguments, set up logs, run until SIGTERM or Ctrl-C, shut down cleanly.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ledger_server::{NodeConfig, NodeTuning, RunningNode};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "ledgerd", version, about = "Credit Ledger server")]
+struct Arguments {
+    /// Cluster node configuration (TOML). Without it, a single-node ledger on 127.0.0.1:8080
+    /// with data in ./data.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log format: `text` (default) or `json`. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments = Arguments::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if arguments.log_format == "json" {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let config = match &arguments.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::single_node(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ledgerd")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let node = RunningNode::start(config, NodeTuning::default())
+        .await
+        .context("starting the node")?;
+    tracing::info!(http_addr = %node.http_addr, "serving");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}
