@@ -122,7 +122,7 @@ start_node() {
     # Run from cluster/ so that the relative data_dir of the configs lands in cluster/data/.
     (
         cd "$CLUSTER_DIR"
-        RUST_LOG="${RUST_LOG:-info}" nohup "$LEDGERD" --config "node$node.toml" \
+        RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 nohup "$LEDGERD" --config "node$node.toml" \
             >>"$(log_of "$node")" 2>&1 </dev/null &
         echo $! >"$(pid_file_of "$node")"
     )

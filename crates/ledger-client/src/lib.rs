@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use ledger_api::{
     codes, AccountResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse,
-    CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody, ErrorResponse,
-    GrantResponse, STATUS_REJECTED,
+    CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody,
+    ErrorResponse, GrantResponse, STATUS_REJECTED,
 };
 use reqwest::{header, Method, Url};
 use serde::de::DeserializeOwned;

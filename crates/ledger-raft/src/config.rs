@@ -4,9 +4,17 @@ use std::sync::Arc;
 
 use openraft::{Config, SnapshotPolicy};
 
+/// The group settings were rejected by openraft's validation.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid raft group settings: {message}")]
+pub struct GroupConfigError {
+    pub message: String,
+}
+
 /// Timing of the shard groups. Elections must not fire because of scheduling noise on a small,
 /// busy machine (every node of a test cluster may share two cores), yet a dead leader should be
-/// replaced within a couple of seconds.
+/// replaced within a couple of seconds. openraft 0.9 also uses the heartbeat interval as the
+/// timeout of every append-entries RPC, so it must cover a follower's fsync under load.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupTiming {
     pub heartbeat_interval_ms: u64,
@@ -17,9 +25,9 @@ pub struct GroupTiming {
 impl Default for GroupTiming {
     fn default() -> Self {
         GroupTiming {
-            heartbeat_interval_ms: 150,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1200,
+            election_timeout_max_ms: 2400,
         }
     }
 }
@@ -28,7 +36,7 @@ impl Default for GroupTiming {
 pub fn group_config(
     shard_count: u32,
     timing: GroupTiming,
-) -> Result<Arc<Config>, openraft::ConfigError> {
+) -> Result<Arc<Config>, GroupConfigError> {
     let config = Config {
         cluster_name: format!("credit-ledger-{shard_count}-shards"),
         heartbeat_interval: timing.heartbeat_interval_ms,
@@ -45,5 +53,8 @@ pub fn group_config(
         install_snapshot_timeout: 10_000,
         ..Config::default()
     };
-    Ok(Arc::new(config.validate()?))
+    let config = config.validate().map_err(|error| GroupConfigError {
+        message: error.to_string(),
+    })?;
+    Ok(Arc::new(config))
 }

@@ -32,7 +32,6 @@ use openraft::{
     EntryPayload, Membership, RPCTypes, RaftNetwork, RaftNetworkFactory, SnapshotMeta,
     StoredMembership, Vote,
 };
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};

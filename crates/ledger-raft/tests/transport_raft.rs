@@ -307,8 +307,8 @@ impl TestNode {
         let config = Config {
             cluster_name: format!("shard-{shard}"),
             heartbeat_interval: 100,
-            election_timeout_min: 1_000,
-            election_timeout_max: 2_000,
+            election_timeout_min: 3_000,
+            election_timeout_max: 6_000,
             // Snapshots are sent in many small chunks, and only when the test asks for one.
             snapshot_max_chunk_size: 16,
             snapshot_policy: SnapshotPolicy::Never,

@@ -207,9 +207,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let shard = Arc::clone(&self.shard);
-        run_blocking(self.shard.shard, move || read_current_snapshot(&shard))
-            .await
-            .map_err(|error| StorageIOError::read_snapshot(None, &error).into())
+        let snapshots = Arc::clone(&self.snapshots);
+        run_blocking(self.shard.shard, move || {
+            read_current_snapshot(&shard, &snapshots)
+        })
+        .await
+        .map_err(|error| StorageIOError::read_snapshot(None, &error).into())
     }
 }
 
@@ -516,7 +519,10 @@ fn read_snapshot_meta(shard: &ShardHandle) -> Result<Option<StoredSnapshotMeta>,
 
 fn read_current_snapshot(
     shard: &ShardHandle,
+    snapshots: &SnapshotSlot,
 ) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    // Under the slot's lock, so that the meta and the data read are of the same snapshot.
+    let _slot = snapshots.current.lock();
     let Some(stored) = read_snapshot_meta(shard)? else {
         return Ok(None);
     };

@@ -66,17 +66,19 @@ async fn fill_neighbour(storage: &NodeStorage, shard: ShardId) -> Result<(), Sto
 }
 
 #[test]
-fn openraft_suite_on_a_fresh_database() -> Result<(), StorageError<NodeId>> {
+fn openraft_suite_on_a_fresh_database() -> anyhow::Result<()> {
     Suite::test_all(Builder {
         shard: 0,
         busy_neighbours: false,
-    })
+    })?;
+    Ok(())
 }
 
 #[test]
-fn openraft_suite_between_busy_neighbour_shards() -> Result<(), StorageError<NodeId>> {
+fn openraft_suite_between_busy_neighbour_shards() -> anyhow::Result<()> {
     Suite::test_all(Builder {
         shard: 7,
         busy_neighbours: true,
-    })
+    })?;
+    Ok(())
 }

@@ -91,6 +91,7 @@ async fn restart_recovers_ledger_applied_state_membership_vote_and_log() -> anyh
         (before, membership)
     };
 
+    assert_model_is_rich(&model);
     let storage = NodeStorage::open(directory.path())?;
     let (mut log_store, mut state_machine, state) = open_shard_stores(&storage, shard)?;
     let after: ShardState = state.read().clone();
@@ -146,6 +147,7 @@ async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> any
         50,
     )
     .await?;
+    assert_model_is_rich(&leader_model);
     let snapshot = leader_machine
         .get_snapshot_builder()
         .await

@@ -117,3 +117,25 @@ pub fn model_apply(model: &mut Ledger, batch: &LedgerBatch) -> Vec<Outcome> {
         .map(|command| model.apply(command, batch.timestamp_ms, &mut changes))
         .collect()
 }
+
+/// Fails unless the model holds what a storage test must round-trip: accounts with grants, and
+/// both accepted and rejected debit decisions. Guards the random tests against passing on an
+/// empty ledger.
+pub fn assert_model_is_rich(model: &Ledger) {
+    assert!(
+        model.accounts().any(|account| !account.grants.is_empty()),
+        "no account with grants"
+    );
+    assert!(
+        model
+            .debit_records()
+            .any(|(_, record)| record.result.is_ok()),
+        "no accepted debit"
+    );
+    assert!(
+        model
+            .debit_records()
+            .any(|(_, record)| record.result.is_err()),
+        "no rejected debit"
+    );
+}
