@@ -125,9 +125,15 @@ async fn main() -> Result<()> {
     )?;
     if !arguments.skip_setup {
         let started = Instant::now();
-        setup(&client, &arguments).await.context("creating accounts")?;
+        setup(&client, &arguments)
+            .await
+            .context("creating accounts")?;
         if !arguments.json {
-            eprintln!("setup: {} accounts in {:.1?}", arguments.accounts, started.elapsed());
+            eprintln!(
+                "setup: {} accounts in {:.1?}",
+                arguments.accounts,
+                started.elapsed()
+            );
         }
     }
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
@@ -144,7 +150,8 @@ async fn main() -> Result<()> {
         workers.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let mut random = rand::rngs::StdRng::seed_from_u64(arguments.seed ^ worker_index as u64);
+            let mut random =
+                rand::rngs::StdRng::seed_from_u64(arguments.seed ^ worker_index as u64);
             let mut sequence = 0u64;
             while !stopping.load(Ordering::Relaxed) {
                 let items: Vec<BatchDebitItem> = (0..arguments.batch)
@@ -171,13 +178,16 @@ async fn main() -> Result<()> {
                     }
                 } else {
                     match client.batch_debits(&items).await {
-                        Ok(response) => response.results.iter().fold((0, 0, 0), |(a, r, e), result| {
-                            match &result.outcome {
-                                Some(outcome) if outcome.status == "accepted" => (a + 1, r, e),
-                                Some(_) => (a, r + 1, e),
-                                None => (a, r, e + 1),
-                            }
-                        }),
+                        Ok(response) => {
+                            response
+                                .results
+                                .iter()
+                                .fold((0, 0, 0), |(a, r, e), result| match &result.outcome {
+                                    Some(outcome) if outcome.status == "accepted" => (a + 1, r, e),
+                                    Some(_) => (a, r + 1, e),
+                                    None => (a, r, e + 1),
+                                })
+                        }
                         Err(_) => (0, 0, items.len() as u64),
                     }
                 };

@@ -79,7 +79,9 @@ impl AccountActors {
     pub fn new(runtime: &ActorRuntime, limits: ActorLimits) -> AccountActors {
         AccountActors {
             registry: Arc::new(Registry {
-                stripes: (0..STRIPE_COUNT).map(|_| Mutex::new(HashMap::new())).collect(),
+                stripes: (0..STRIPE_COUNT)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
             }),
             arbiters: Arc::new(runtime.arbiters().to_vec()),
             limits,
@@ -88,7 +90,11 @@ impl AccountActors {
 
     /// Number of live account actors (for metrics and tests).
     pub fn active_count(&self) -> usize {
-        self.registry.stripes.iter().map(|stripe| stripe.lock().len()).sum()
+        self.registry
+            .stripes
+            .iter()
+            .map(|stripe| stripe.lock().len())
+            .sum()
     }
 
     /// Submits `command` to its account's actor (created on demand) and waits for the decided
@@ -104,7 +110,12 @@ impl AccountActors {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
             let address = self.actor_for(command.account_id(), proposer);
-            match address.send(Submit { command: command.clone() }).await {
+            match address
+                .send(Submit {
+                    command: command.clone(),
+                })
+                .await
+            {
                 Ok(result) => return result,
                 Err(MailboxError::Closed) => {
                     self.registry.forget(command.account_id(), &address);

@@ -27,9 +27,8 @@ impl ActorRuntime {
             .name("ledger-actors".into())
             .spawn(move || {
                 let system = System::new();
-                let arbiters: Vec<Arbiter> = system.block_on(async move {
-                    (0..arbiter_count).map(|_| Arbiter::new()).collect()
-                });
+                let arbiters: Vec<Arbiter> = system
+                    .block_on(async move { (0..arbiter_count).map(|_| Arbiter::new()).collect() });
                 let handles = arbiters.iter().map(Arbiter::handle).collect::<Vec<_>>();
                 // The receiver only disappears if `start` itself is gone.
                 let _ = ready_sender.send((System::current(), handles));
@@ -44,11 +43,12 @@ impl ActorRuntime {
             .map_err(|error| ActorRuntimeError::Start {
                 reason: error.to_string(),
             })?;
-        let (system, arbiters) = ready_receiver
-            .recv()
-            .map_err(|error| ActorRuntimeError::Start {
-                reason: error.to_string(),
-            })?;
+        let (system, arbiters) =
+            ready_receiver
+                .recv()
+                .map_err(|error| ActorRuntimeError::Start {
+                    reason: error.to_string(),
+                })?;
         Ok(ActorRuntime {
             system,
             arbiters,

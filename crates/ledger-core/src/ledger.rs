@@ -1,5 +1,17 @@
 //! The ledger of one shard: accounts, grants and idempotency records, and `apply`.
+//!
+//! **Time.** The only clock is the `timestamp_ms` the leader stamped on the log entry. Effective
+//! time never goes backwards: a command is applied at `max(timestamp_ms, last applied stamp)`.
+//!
+//! **Lazy settlement.** Grants expire and future-effective grants start repaying overage at
+//! instants when no command may be applied. Rather than needing a command at each of those
+//! instants, an account is *settled* before every change and inside every `view`: settlement
+//! replays the instants that passed since the account was last touched, in time order (see
+//! `Account::settle`). So the state of an account at an instant does not depend on how often it
+//! was touched before.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -7,13 +19,17 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::types::*;
 
+/// Totals (`granted`, `consumed`) are kept at most this large, so that every balance fits `i64`.
+const TOTAL_MAX: u64 = i64::MAX as u64;
+
 /// The keys an `apply` changed, so that the storage layer can persist exactly those in the same
 /// write batch as `last_applied`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
     /// Accounts whose state changed (created, granted, debited, grants expired).
     pub accounts: BTreeSet<String>,
-    /// Newly decided debit idempotency records, as (account id, idempotency key).
+    /// Newly decided debit idempotency records, as (account id, idempotency key), in the order
+    /// they were decided. A key appears at most once: a decided key is never decided again.
     pub debit_records: Vec<(String, String)>,
 }
 
@@ -25,6 +41,13 @@ impl ChangeSet {
 
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty() && self.debit_records.is_empty()
+    }
+
+    fn mark_account(&mut self, account_id: &str) {
+        // Most batches touch an account many times: only the first touch allocates.
+        if !self.accounts.contains(account_id) {
+            self.accounts.insert(account_id.to_owned());
+        }
     }
 }
 
@@ -38,7 +61,8 @@ pub struct AccountView {
     pub consumed: u64,
     pub expired: u64,
     pub overdraft_limit: u64,
-    /// Grants that have not expired at the instant of the view, in draw-down order.
+    /// Grants that have not expired at the instant of the view (exhausted and not yet effective
+    /// ones included), in draw-down order.
     pub grants: Vec<Grant>,
 }
 
@@ -59,17 +83,30 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Rebuilds a ledger from persisted parts (used by storage when a node restarts).
+    /// Rebuilds a ledger from persisted parts (used by storage when a node restarts or installs a
+    /// snapshot): the parts that `accounts()`, `debit_records()` and `last_timestamp_ms()` return.
+    ///
+    /// # Panics
+    /// When the parts break an invariant (an account given twice, conservation): persisted state
+    /// that is not a state this machine can reach must stop the node, not be served.
     pub fn restore(
         accounts: impl IntoIterator<Item = Account>,
         debit_records: impl IntoIterator<Item = ((String, String), DebitRecord)>,
         last_timestamp_ms: u64,
     ) -> Ledger {
+        let mut accounts_by_id = BTreeMap::new();
+        for account in accounts {
+            account.assert_invariants();
+            let account_id = account.account_id.clone();
+            let previous = accounts_by_id.insert(account_id, account);
+            assert!(
+                previous.is_none(),
+                "restore: account {:?} given twice",
+                previous.map(|account| account.account_id)
+            );
+        }
         Ledger {
-            accounts: accounts
-                .into_iter()
-                .map(|account| (account.account_id.clone(), account))
-                .collect(),
+            accounts: accounts_by_id,
             debit_records: debit_records.into_iter().collect(),
             last_timestamp_ms,
         }
@@ -79,15 +116,18 @@ impl Ledger {
         self.accounts.get(account_id)
     }
 
+    /// Accounts in account id order.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
         self.accounts.values()
     }
 
+    /// The decided outcome of a debit key, if it was ever decided. Does not allocate.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
         self.debit_records
-            .get(&(account_id.to_owned(), idempotency_key.to_owned()))
+            .get(&(account_id, idempotency_key) as &dyn DebitRecordKey)
     }
 
+    /// Debit records in (account id, idempotency key) order.
     pub fn debit_records(&self) -> impl Iterator<Item = (&(String, String), &DebitRecord)> {
         self.debit_records.iter()
     }
@@ -96,33 +136,25 @@ impl Ledger {
         self.last_timestamp_ms
     }
 
-    /// The account as seen at `now_ms` (grants expired by then are left out of `available`).
+    /// The account as seen at `now_ms`, or at the last applied stamp if that is later: grants
+    /// expired by then are left out and count as expired, overage is repaid by grants effective
+    /// by then, exactly as the next command at that instant would see it.
     pub fn view(&self, account_id: &str, now_ms: u64) -> Option<AccountView> {
-        let account = self.accounts.get(account_id)?;
+        let mut account = self.accounts.get(account_id)?.clone();
         let now_ms = now_ms.max(self.last_timestamp_ms);
+        account.settle(now_ms);
+        let available = account.available(now_ms);
         let mut grants: Vec<Grant> = account
             .grants
-            .iter()
-            .filter(|grant| !grant.expired && !is_expired_at(grant, now_ms))
-            .cloned()
+            .into_iter()
+            .filter(|grant| !grant.expired)
             .collect();
         grants.sort_by(draw_order);
-        let drawable: u64 = grants
-            .iter()
-            .filter(|grant| grant.effective_at_ms <= now_ms)
-            .map(|grant| grant.remaining)
-            .sum();
         Some(AccountView {
-            account_id: account.account_id.clone(),
-            available: signed(drawable) - signed(account.overage),
+            account_id: account.account_id,
+            available,
             consumed: account.consumed,
-            expired: account.expired
-                + account
-                    .grants
-                    .iter()
-                    .filter(|grant| !grant.expired && is_expired_at(grant, now_ms))
-                    .map(|grant| grant.remaining)
-                    .sum::<u64>(),
+            expired: account.expired,
             overdraft_limit: account.overdraft_limit,
             grants,
         })
@@ -130,6 +162,10 @@ impl Ledger {
 
     /// Applies one command at the leader's time stamp `timestamp_ms` and returns its outcome.
     /// Keys that changed are added to `changes`.
+    ///
+    /// # Panics
+    /// When an invariant of the touched account breaks (conservation, no overspend): a replica
+    /// in an unknown state must stop rather than answer.
     pub fn apply(
         &mut self,
         command: &Command,
@@ -170,10 +206,7 @@ impl Ledger {
         }
         if let Some(existing) = self.accounts.get(account_id) {
             return if existing.overdraft_limit == overdraft_limit {
-                Outcome {
-                    result: Ok(Accepted::AccountExists),
-                    replayed: true,
-                }
+                replayed(Accepted::AccountExists)
             } else {
                 rejected(Rejection::AccountConflict)
             };
@@ -190,11 +223,8 @@ impl Ledger {
                 overage: 0,
             },
         );
-        changes.accounts.insert(account_id.to_owned());
-        Outcome {
-            result: Ok(Accepted::AccountCreated),
-            replayed: false,
-        }
+        changes.mark_account(account_id);
+        accepted(Accepted::AccountCreated)
     }
 
     fn grant(&mut self, command: &GrantCommand, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
@@ -209,8 +239,9 @@ impl Ledger {
         if command.priority > PRIORITY_MAX {
             return rejected(Rejection::InvalidPriority);
         }
-        let effective_at_ms = command.effective_at_ms.unwrap_or(now_ms);
-        if let Some(expires_at_ms) = command.expires_at_ms {
+        if let (Some(effective_at_ms), Some(expires_at_ms)) =
+            (command.effective_at_ms, command.expires_at_ms)
+        {
             if expires_at_ms <= effective_at_ms {
                 return rejected(Rejection::InvalidExpiry);
             }
@@ -223,27 +254,39 @@ impl Ledger {
             .iter()
             .find(|grant| grant.grant_id == command.grant_id)
         {
+            // A grant without `effective_at` was stamped with the time it was applied: a retry
+            // without it, or naming that stamp, is the same grant.
             let same = existing.amount == command.amount
                 && existing.source == command.source
                 && existing.priority == command.priority
-                && command.effective_at_ms.is_none_or(|at| at == existing.effective_at_ms)
+                && command
+                    .effective_at_ms
+                    .is_none_or(|at| at == existing.effective_at_ms)
                 && existing.expires_at_ms == command.expires_at_ms;
             return if same {
-                Outcome {
-                    result: Ok(Accepted::Granted),
-                    replayed: true,
-                }
+                replayed(Accepted::Granted)
             } else {
                 rejected(Rejection::GrantConflict)
             };
         }
+        // Checked after the grant id lookup: time moves on, and a late retry of an accepted grant
+        // must still be its replay. A grant that can never be drawn is a client mistake.
+        if command
+            .expires_at_ms
+            .is_some_and(|expires_at_ms| expires_at_ms <= now_ms)
+        {
+            return rejected(Rejection::InvalidExpiry);
+        }
         let Some(granted) = account
             .granted
             .checked_add(command.amount)
-            .filter(|total| *total <= i64::MAX as u64)
+            .filter(|total| *total <= TOTAL_MAX)
         else {
             return rejected(Rejection::AmountOverflow);
         };
+        // Settle before adding, so that the new grant cannot take part in instants before it
+        // existed (it could otherwise repay overage at a back-dated `effective_at`).
+        account.settle(now_ms);
         account.granted = granted;
         let sequence = account.grants.len() as u64;
         account.grants.push(Grant {
@@ -252,17 +295,15 @@ impl Ledger {
             remaining: command.amount,
             source: command.source,
             priority: command.priority,
-            effective_at_ms,
+            effective_at_ms: command.effective_at_ms.unwrap_or(now_ms),
             expires_at_ms: command.expires_at_ms,
             sequence,
             expired: false,
         });
+        // Overage is repaid first by a later grant, as soon as it is effective.
         account.settle(now_ms);
-        changes.accounts.insert(command.account_id.clone());
-        Outcome {
-            result: Ok(Accepted::Granted),
-            replayed: false,
-        }
+        changes.mark_account(&command.account_id);
+        accepted(Accepted::Granted)
     }
 
     fn debit(
@@ -273,14 +314,17 @@ impl Ledger {
         now_ms: u64,
         changes: &mut ChangeSet,
     ) -> Outcome {
+        // The checks of the command alone record nothing: their answer does not depend on state,
+        // so a retry gets it again anyway, and nothing was applied (the key stays free).
         if let Err(rejection) =
             validate_identifier(account_id).and_then(|()| validate_identifier(idempotency_key))
         {
-            // Not recorded: an invalid key cannot be stored or retried meaningfully.
             return rejected(rejection);
         }
-        let record_key = (account_id.to_owned(), idempotency_key.to_owned());
-        if let Some(record) = self.debit_records.get(&record_key) {
+        if amount == 0 || amount > AMOUNT_MAX {
+            return rejected(Rejection::InvalidAmount);
+        }
+        if let Some(record) = self.debit_record(account_id, idempotency_key) {
             if record.requested_amount != amount {
                 return rejected(Rejection::IdempotencyConflict);
             }
@@ -289,38 +333,39 @@ impl Ledger {
                 replayed: true,
             };
         }
-        let result = if amount == 0 || amount > AMOUNT_MAX {
-            Err(Rejection::InvalidAmount)
-        } else {
-            match self.accounts.get_mut(account_id) {
-                None => Err(Rejection::AccountNotFound),
-                Some(account) => {
-                    account.settle(now_ms);
-                    changes.accounts.insert(account_id.to_owned());
-                    account.draw(amount, now_ms)
+        let result = match self.accounts.get_mut(account_id) {
+            None => Err(Rejection::AccountNotFound),
+            Some(account) => {
+                let settled = account.settle(now_ms);
+                let result = account.draw(amount, now_ms);
+                if settled || result.is_ok() {
+                    changes.mark_account(account_id);
                 }
+                result
             }
         };
-        self.debit_records.insert(
-            record_key.clone(),
+        let record_key = (account_id.to_owned(), idempotency_key.to_owned());
+        changes.debit_records.push(record_key.clone());
+        let previous = self.debit_records.insert(
+            record_key,
             DebitRecord {
                 requested_amount: amount,
                 result: result.clone(),
                 decided_at_ms: now_ms,
             },
         );
-        changes.debit_records.push(record_key);
-        Outcome {
-            result,
-            replayed: false,
-        }
+        assert!(previous.is_none(), "a debit key was decided twice");
+        accepted_or_rejected(result)
     }
 
     /// A digest of the whole state, equal on replicas at the same applied index. XXH3-128 over a
-    /// canonical encoding (maps are ordered, fields are written in declaration order).
+    /// canonical encoding: maps are walked in key order, every field is written in a fixed
+    /// order, strings and lists are prefixed with their length and options and results with a tag,
+    /// so that two different states cannot encode to the same bytes.
     pub fn digest(&self) -> u128 {
         let mut hasher = Xxh3::new();
-        hasher.update(&self.last_timestamp_ms.to_le_bytes());
+        hash_u64(&mut hasher, self.last_timestamp_ms);
+        hash_u64(&mut hasher, self.accounts.len() as u64);
         for account in self.accounts.values() {
             hash_str(&mut hasher, &account.account_id);
             for value in [
@@ -329,42 +374,43 @@ impl Ledger {
                 account.consumed,
                 account.expired,
                 account.overage,
+                account.grants.len() as u64,
             ] {
-                hasher.update(&value.to_le_bytes());
+                hash_u64(&mut hasher, value);
             }
             for grant in &account.grants {
                 hash_str(&mut hasher, &grant.grant_id);
                 for value in [
                     grant.amount,
                     grant.remaining,
-                    grant.priority as u64,
-                    grant.source as u64,
+                    u64::from(grant.priority),
+                    source_tag(grant.source),
                     grant.effective_at_ms,
-                    grant.expires_at_ms.unwrap_or(u64::MAX),
                     grant.sequence,
-                    grant.expired as u64,
+                    u64::from(grant.expired),
                 ] {
-                    hasher.update(&value.to_le_bytes());
+                    hash_u64(&mut hasher, value);
                 }
+                hash_option(&mut hasher, grant.expires_at_ms);
             }
         }
+        hash_u64(&mut hasher, self.debit_records.len() as u64);
         for ((account_id, key), record) in &self.debit_records {
             hash_str(&mut hasher, account_id);
             hash_str(&mut hasher, key);
-            hasher.update(&record.requested_amount.to_le_bytes());
-            hasher.update(&record.decided_at_ms.to_le_bytes());
+            hash_u64(&mut hasher, record.requested_amount);
+            hash_u64(&mut hasher, record.decided_at_ms);
             match &record.result {
+                Ok(Accepted::AccountCreated) => hasher.update(&[1]),
+                Ok(Accepted::AccountExists) => hasher.update(&[2]),
+                Ok(Accepted::Granted) => hasher.update(&[3]),
                 Ok(Accepted::Debited { amount, available }) => {
-                    hasher.update(&[1]);
-                    hasher.update(&amount.to_le_bytes());
+                    hasher.update(&[4]);
+                    hash_u64(&mut hasher, *amount);
                     hasher.update(&available.to_le_bytes());
                 }
-                Ok(other) => {
-                    hasher.update(&[2]);
-                    hash_str(&mut hasher, &format!("{other:?}"));
-                }
                 Err(rejection) => {
-                    hasher.update(&[3]);
+                    hasher.update(&[5]);
                     hasher.update(&(*rejection as u16).to_le_bytes());
                 }
             }
@@ -374,21 +420,50 @@ impl Ledger {
 }
 
 impl Account {
-    /// Moves the remainders of grants expired at `now_ms` to `expired`, then repays overage from
-    /// drawable grants. Run before every change so that draw-down only sees live credits.
-    fn settle(&mut self, now_ms: u64) {
+    /// Brings the account up to `now_ms` as if time had passed instant by instant: at each
+    /// instant, grants whose expiry has come expire first (their remainder moves to `expired`),
+    /// then overage is repaid from the grants drawable at that instant, in draw-down order.
+    ///
+    /// Overage left after a change means nothing was drawable, so only the instants at which a
+    /// grant became effective can repay anything, and only those are visited (in time order);
+    /// the expiries are then brought up to `now_ms`. Returns whether anything changed.
+    fn settle(&mut self, now_ms: u64) -> bool {
+        let mut changed = false;
+        while self.overage > 0 {
+            // Each turn either repays the whole overage or empties at least the grant that became
+            // effective at `instant_ms` (or expires it), so the loop ends.
+            let Some(instant_ms) = self
+                .grants
+                .iter()
+                .filter(|grant| {
+                    !grant.expired && grant.remaining > 0 && grant.effective_at_ms <= now_ms
+                })
+                .map(|grant| grant.effective_at_ms)
+                .min()
+            else {
+                break;
+            };
+            changed |= self.expire_through(instant_ms);
+            let repaid = self.take_from_grants(self.overage, instant_ms);
+            self.overage -= repaid;
+            changed |= repaid > 0;
+        }
+        changed |= self.expire_through(now_ms);
+        changed
+    }
+
+    /// Expires every grant whose `expires_at_ms` is at or before `instant_ms`.
+    fn expire_through(&mut self, instant_ms: u64) -> bool {
+        let mut changed = false;
         for grant in &mut self.grants {
-            if !grant.expired && is_expired_at(grant, now_ms) {
+            if !grant.expired && is_expired_at(grant, instant_ms) {
                 self.expired += grant.remaining;
                 grant.remaining = 0;
                 grant.expired = true;
+                changed = true;
             }
         }
-        if self.overage > 0 {
-            let overage = self.overage;
-            let repaid = self.take_from_grants(overage, now_ms);
-            self.overage -= repaid;
-        }
+        changed
     }
 
     /// Credits drawable at `now_ms`, before overage.
@@ -400,50 +475,61 @@ impl Account {
             .sum()
     }
 
-    /// Available balance at `now_ms` (after `settle`).
+    /// Available balance at `now_ms` (meaningful after `settle(now_ms)`).
     fn available(&self, now_ms: u64) -> i64 {
         signed(self.drawable(now_ms)) - signed(self.overage)
     }
 
+    /// Draws `amount` at `now_ms` (after `settle(now_ms)`): from grants in draw-down order, the
+    /// rest as overage within the overdraft limit.
     fn draw(&mut self, amount: u64, now_ms: u64) -> Result<Accepted, Rejection> {
-        let available = self.available(now_ms);
-        // i128: available may be negative and the limit is at most AMOUNT_MAX.
-        if i128::from(amount) > i128::from(available) + i128::from(self.overdraft_limit) {
-            return Err(Rejection::InsufficientCredits);
-        }
         let Some(consumed) = self
             .consumed
             .checked_add(amount)
-            .filter(|total| *total <= i64::MAX as u64)
+            .filter(|total| *total <= TOTAL_MAX)
         else {
             return Err(Rejection::AmountOverflow);
         };
+        let available = self.available(now_ms);
+        // i128: available may be negative, amount and the limit are at most AMOUNT_MAX.
+        if i128::from(amount) > i128::from(available) + i128::from(self.overdraft_limit) {
+            return Err(Rejection::InsufficientCredits);
+        }
         let from_grants = self.take_from_grants(amount, now_ms);
-        self.overage += amount - from_grants;
-        self.consumed = consumed;
+        let overage = self.overage + (amount - from_grants);
         assert!(
-            self.overage <= self.overdraft_limit,
-            "overspend: overage {} above limit {}",
-            self.overage,
+            overage <= self.overdraft_limit,
+            "account {}: overspend, overage {overage} above limit {}",
+            self.account_id,
             self.overdraft_limit
         );
-        Ok(Accepted::Debited {
-            amount,
-            available: self.available(now_ms),
-        })
+        self.overage = overage;
+        self.consumed = consumed;
+        let available = self.available(now_ms);
+        assert!(
+            i128::from(available) >= -i128::from(self.overdraft_limit),
+            "account {}: available {available} below the overdraft limit",
+            self.account_id
+        );
+        Ok(Accepted::Debited { amount, available })
     }
 
-    /// Takes up to `amount` from drawable grants in draw-down order; returns what it took.
+    /// Takes up to `amount` from the grants drawable at `now_ms`, in draw-down order; returns
+    /// what it took. Allocation free: each turn picks the first grant in draw-down order and
+    /// either finishes or empties that grant, and an account has few live grants.
     fn take_from_grants(&mut self, amount: u64, now_ms: u64) -> u64 {
-        let mut order: Vec<usize> = (0..self.grants.len())
-            .filter(|index| is_drawable_at(&self.grants[*index], now_ms))
-            .collect();
-        order.sort_by(|left, right| draw_order(&self.grants[*left], &self.grants[*right]));
         let mut left_to_take = amount;
-        for index in order {
-            if left_to_take == 0 {
+        while left_to_take > 0 {
+            let Some(index) = self
+                .grants
+                .iter()
+                .enumerate()
+                .filter(|(_, grant)| is_drawable_at(grant, now_ms))
+                .min_by(|(_, left), (_, right)| draw_order(left, right))
+                .map(|(index, _)| index)
+            else {
                 break;
-            }
+            };
             let grant = &mut self.grants[index];
             let taken = grant.remaining.min(left_to_take);
             grant.remaining -= taken;
@@ -452,15 +538,34 @@ impl Account {
         amount - left_to_take
     }
 
-    /// Conservation and no-overspend; on in release builds, after every apply.
+    /// Conservation, no overspend and bounded totals; on in release builds, after every apply
+    /// and on restore.
     fn assert_invariants(&self) {
-        let held: u128 = self
-            .grants
-            .iter()
-            .filter(|grant| !grant.expired)
-            .map(|grant| u128::from(grant.remaining))
-            .sum();
-        let granted_by_grants: u128 = self.grants.iter().map(|grant| u128::from(grant.amount)).sum();
+        let mut held: u128 = 0;
+        let mut granted_by_grants: u128 = 0;
+        for (index, grant) in self.grants.iter().enumerate() {
+            assert!(
+                grant.remaining <= grant.amount,
+                "account {}: grant {} has more remaining than its amount",
+                self.account_id,
+                grant.grant_id
+            );
+            assert!(
+                !grant.expired || grant.remaining == 0,
+                "account {}: expired grant {} still holds credits",
+                self.account_id,
+                grant.grant_id
+            );
+            assert_eq!(
+                grant.sequence, index as u64,
+                "account {}: grant {} is out of creation order",
+                self.account_id, grant.grant_id
+            );
+            granted_by_grants += u128::from(grant.amount);
+            if !grant.expired {
+                held += u128::from(grant.remaining);
+            }
+        }
         assert_eq!(
             granted_by_grants,
             u128::from(self.granted),
@@ -475,9 +580,75 @@ impl Account {
         );
         assert!(
             self.overage <= self.overdraft_limit,
-            "account {}: overspend",
+            "account {}: overspend, overage {} above limit {}",
+            self.account_id,
+            self.overage,
+            self.overdraft_limit
+        );
+        assert!(
+            self.granted <= TOTAL_MAX && self.consumed <= TOTAL_MAX,
+            "account {}: a total is above i64::MAX",
             self.account_id
         );
+    }
+}
+
+/// Lets the debit record map, keyed by an owned `(String, String)`, be searched with a pair of
+/// borrowed `&str` without allocating (a map can only be searched by a type its key borrows as).
+/// Both sides order exactly as the tuple does, which `Borrow` requires.
+trait DebitRecordKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl DebitRecordKey for (String, String) {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl DebitRecordKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn DebitRecordKey + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn DebitRecordKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn DebitRecordKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn DebitRecordKey + '_ {}
+
+impl PartialOrd for dyn DebitRecordKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn DebitRecordKey + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+fn accepted(accepted: Accepted) -> Outcome {
+    Outcome {
+        result: Ok(accepted),
+        replayed: false,
+    }
+}
+
+fn replayed(accepted: Accepted) -> Outcome {
+    Outcome {
+        result: Ok(accepted),
+        replayed: true,
     }
 }
 
@@ -488,6 +659,14 @@ fn rejected(rejection: Rejection) -> Outcome {
     }
 }
 
+fn accepted_or_rejected(result: Result<Accepted, Rejection>) -> Outcome {
+    Outcome {
+        result,
+        replayed: false,
+    }
+}
+
+/// Grants are drawable in `[effective_at_ms, expires_at_ms)`.
 fn is_expired_at(grant: &Grant, now_ms: u64) -> bool {
     grant
         .expires_at_ms
@@ -502,24 +681,50 @@ fn is_drawable_at(grant: &Grant, now_ms: u64) -> bool {
 }
 
 /// Draw-down order: priority (lower first), then earliest expiry (none last), then creation.
-fn draw_order(left: &Grant, right: &Grant) -> std::cmp::Ordering {
+fn draw_order(left: &Grant, right: &Grant) -> Ordering {
+    let expiry_order = match (left.expires_at_ms, right.expires_at_ms) {
+        (Some(left_at), Some(right_at)) => left_at.cmp(&right_at),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
     left.priority
         .cmp(&right.priority)
-        .then(
-            left.expires_at_ms
-                .unwrap_or(u64::MAX)
-                .cmp(&right.expires_at_ms.unwrap_or(u64::MAX)),
-        )
+        .then(expiry_order)
         .then(left.sequence.cmp(&right.sequence))
 }
 
 fn signed(value: u64) -> i64 {
-    // Totals are bounded by i64::MAX when they are accepted (see `AmountOverflow`).
+    // Drawable credits are at most `granted` and overage at most AMOUNT_MAX, both within i64.
     i64::try_from(value).expect("credit totals are bounded by i64::MAX")
 }
 
+fn source_tag(source: GrantSource) -> u64 {
+    match source {
+        GrantSource::Plan => 1,
+        GrantSource::Purchase => 2,
+        GrantSource::Promo => 3,
+        GrantSource::Seat => 4,
+        GrantSource::Manual => 5,
+    }
+}
+
+fn hash_u64(hasher: &mut Xxh3, value: u64) {
+    hasher.update(&value.to_le_bytes());
+}
+
+fn hash_option(hasher: &mut Xxh3, value: Option<u64>) {
+    match value {
+        None => hasher.update(&[0]),
+        Some(value) => {
+            hasher.update(&[1]);
+            hash_u64(hasher, value);
+        }
+    }
+}
+
 fn hash_str(hasher: &mut Xxh3, value: &str) {
-    hasher.update(&(value.len() as u64).to_le_bytes());
+    hash_u64(hasher, value.len() as u64);
     hasher.update(value.as_bytes());
 }
 

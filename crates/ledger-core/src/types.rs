@@ -98,33 +98,73 @@ pub struct GrantCommand {
 /// A business rejection: a value with a stable code, never an error of the infrastructure.
 ///
 /// The discriminants are stable forever (they are stored in idempotency records) and the order
-/// of the variants is the order of precedence in which the state machine checks them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// of the variants is the order of precedence in which the state machine checks them: first the
+/// checks of the command alone (identifiers, amount, priority, an expiry not after an explicit
+/// `effective_at`), then the checks against state. One exception keeps retries exact: a grant
+/// whose `expires_at` is already past at apply time is `InvalidExpiry`, but only after the grant
+/// id was looked up, so that a late retry of an accepted grant is still its replay.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+)]
 #[repr(u16)]
 pub enum Rejection {
     /// An identifier is empty, longer than `IDENTIFIER_LENGTH_MAX` or has forbidden characters.
+    #[error("an identifier is empty, too long or has characters outside [A-Za-z0-9._:-]")]
     InvalidIdentifier = 1,
-    /// An amount is zero or above `AMOUNT_MAX`.
+    /// An amount is zero or above `AMOUNT_MAX` (an overdraft limit may be zero).
+    #[error("an amount is zero or above the largest amount allowed")]
     InvalidAmount = 2,
     /// Priority above `PRIORITY_MAX`.
+    #[error("the priority is above 100")]
     InvalidPriority = 3,
-    /// `expires_at` is not after `effective_at`.
+    /// `expires_at` is not after `effective_at`, or is not after the time the grant is applied.
+    #[error("expires_at is not after effective_at or is already past")]
     InvalidExpiry = 4,
     /// The account does not exist.
+    #[error("the account does not exist")]
     AccountNotFound = 5,
     /// The account exists with different parameters.
+    #[error("the account exists with other parameters")]
     AccountConflict = 6,
     /// The grant id exists on this account with different parameters.
+    #[error("the grant id exists on this account with other parameters")]
     GrantConflict = 7,
     /// The idempotency key was decided for a different request (other amount).
+    #[error("the idempotency key was used for a request with another amount")]
     IdempotencyConflict = 8,
-    /// A total of the account would exceed what `u64`/`i64` hold under `AMOUNT_MAX` head room.
+    /// A total of the account would exceed `i64::MAX` (see `AMOUNT_MAX`).
+    #[error("a total of the account would overflow")]
     AmountOverflow = 9,
     /// Available credits plus the overdraft allowance do not cover the debit.
+    #[error("available credits and the overdraft allowance do not cover the debit")]
     InsufficientCredits = 10,
 }
 
 impl Rejection {
+    /// Every rejection, in order of precedence.
+    pub const ALL: [Rejection; 10] = [
+        Rejection::InvalidIdentifier,
+        Rejection::InvalidAmount,
+        Rejection::InvalidPriority,
+        Rejection::InvalidExpiry,
+        Rejection::AccountNotFound,
+        Rejection::AccountConflict,
+        Rejection::GrantConflict,
+        Rejection::IdempotencyConflict,
+        Rejection::AmountOverflow,
+        Rejection::InsufficientCredits,
+    ];
+
     /// The stable snake_case code used by the public API.
     pub fn code(self) -> &'static str {
         match self {
@@ -139,6 +179,13 @@ impl Rejection {
             Rejection::AmountOverflow => "amount_overflow",
             Rejection::InsufficientCredits => "insufficient_credits",
         }
+    }
+
+    /// Parses a stable code back; `None` for anything else.
+    pub fn from_code(code: &str) -> Option<Rejection> {
+        Rejection::ALL
+            .into_iter()
+            .find(|rejection| rejection.code() == code)
     }
 }
 
@@ -164,7 +211,9 @@ pub struct Outcome {
 }
 
 /// The decision recorded under a debit's idempotency key, accepted or rejected, kept forever so
-/// that every retry gets the same answer.
+/// that every retry gets the same answer. A debit that fails the checks of the command alone
+/// (`invalid_identifier`, `invalid_amount`) records nothing: a retry of it fails the same way
+/// without any record, and a corrected request may still use the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DebitRecord {
     /// The amount the request asked for (a retry with another amount is `idempotency_conflict`).
@@ -174,7 +223,8 @@ pub struct DebitRecord {
     pub decided_at_ms: u64,
 }
 
-/// One block of credits on an account.
+/// One block of credits on an account. It is drawable in `[effective_at_ms, expires_at_ms)`: a
+/// grant expiring at instant `t` is no longer drawable by a command stamped `t`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub grant_id: String,
@@ -186,15 +236,22 @@ pub struct Grant {
     pub expires_at_ms: Option<u64>,
     /// Creation order on the account, the last tie breaker of draw-down.
     pub sequence: u64,
-    /// True once its remainder was moved to the account's `expired` total.
+    /// True once its remainder was moved to the account's `expired` total (then `remaining` is 0).
     pub expired: bool,
 }
 
 /// An account and its grants. All totals are in credit units.
 ///
-/// **Invariant (conservation):** `granted == Σ grant.remaining (not expired) - overage + consumed
-/// + expired`, checked after every apply.
-/// **Invariant (no overspend):** `overage <= overdraft_limit`.
+/// The stored state is settled lazily: grant expiry and the repayment of overage by grants that
+/// became effective are brought up to date whenever a command changes the account, and
+/// `Ledger::view` computes them for the instant it is asked about. The result does not depend on
+/// when the account was touched (see `Ledger::apply`).
+///
+/// **Invariant (conservation):** `granted + overage == Σ remaining (grants not expired) + consumed
+/// + expired`, and `granted == Σ amount`, checked after every apply (also in release builds).
+/// **Invariant (no overspend):** `overage <= overdraft_limit`, so available never goes below
+/// `-overdraft_limit`.
+/// **Invariant (bounded totals):** `granted` and `consumed` are at most `i64::MAX`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub account_id: String,

@@ -122,7 +122,10 @@ impl NodeConfig {
             if !ids.insert(node.id) {
                 return invalid(format!("node id {} is listed twice", node.id));
             }
-            for (name, address) in [("http_addr", &node.http_addr), ("raft_addr", &node.raft_addr)] {
+            for (name, address) in [
+                ("http_addr", &node.http_addr),
+                ("raft_addr", &node.raft_addr),
+            ] {
                 if address.parse::<SocketAddr>().is_err() {
                     return invalid(format!(
                         "node {}: {name} {address:?} is not an ip:port address",
@@ -131,7 +134,12 @@ impl NodeConfig {
                 }
             }
         }
-        let Some(me) = self.cluster.nodes.iter().find(|node| node.id == self.node_id) else {
+        let Some(me) = self
+            .cluster
+            .nodes
+            .iter()
+            .find(|node| node.id == self.node_id)
+        else {
             return invalid(format!(
                 "node_id {} is not listed in cluster.nodes",
                 self.node_id
@@ -188,7 +196,9 @@ nodes = [
 
     #[test]
     fn single_node_default_is_valid() {
-        NodeConfig::single_node().validate().expect("embedded default is valid");
+        NodeConfig::single_node()
+            .validate()
+            .expect("embedded default is valid");
     }
 
     #[test]

@@ -91,7 +91,11 @@ impl NodeContext {
 
     /// The replicas of `shard` per the placement (used when this node holds no replica itself).
     pub fn replica_nodes(&self, shard: ShardId) -> Vec<NodeId> {
-        replicas_of_shard(shard, &self.config.node_ids(), self.config.cluster.replication)
+        replicas_of_shard(
+            shard,
+            &self.config.node_ids(),
+            self.config.cluster.replication,
+        )
     }
 }
 
@@ -114,7 +118,7 @@ impl RunningNode {
             path: config.data_dir.clone(),
             source,
         })?;
-        let storage = NodeStorage::open(&config.data_dir.join("rocksdb"))
+        let storage = NodeStorage::open(config.data_dir.join("rocksdb"))
             .map_err(|error| NodeError::Storage(error.to_string()))?;
         let node_ids = config.node_ids();
         let replication = config.cluster.replication;
@@ -132,9 +136,13 @@ impl RunningNode {
             if !replicas_of_shard(shard, &node_ids, replication).contains(&config.node_id) {
                 continue;
             }
-            let (log_store, state_machine, state) = storage
-                .open_shard(shard)
-                .map_err(|error| NodeError::Storage(error.to_string()))?;
+            // Opening a shard reads its whole state from disk: keep it off the async workers.
+            let shard_storage = storage.clone();
+            let (log_store, state_machine, state) =
+                tokio::task::spawn_blocking(move || shard_storage.open_shard(shard))
+                    .await
+                    .map_err(|error| NodeError::Storage(error.to_string()))?
+                    .map_err(|error| NodeError::Storage(error.to_string()))?;
             let raft = LedgerRaft::new(
                 config.node_id,
                 raft_config.clone(),
@@ -187,29 +195,33 @@ impl RunningNode {
             if initializer_of_shard(shard, &node_ids, replication) != Some(config.node_id) {
                 continue;
             }
-            let initialized = replica.raft.is_initialized().await.map_err(|error| {
-                NodeError::Raft {
-                    shard,
-                    message: error.to_string(),
-                }
-            })?;
+            let initialized =
+                replica
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|error| NodeError::Raft {
+                        shard,
+                        message: error.to_string(),
+                    })?;
             if initialized {
                 continue;
             }
-            let members: BTreeMap<NodeId, LedgerNode> = replicas_of_shard(shard, &node_ids, replication)
-                .into_iter()
-                .filter_map(|id| {
-                    config.node(id).map(|node| {
-                        (
-                            id,
-                            LedgerNode {
-                                raft_addr: node.raft_addr.clone(),
-                                http_addr: node.http_addr.clone(),
-                            },
-                        )
+            let members: BTreeMap<NodeId, LedgerNode> =
+                replicas_of_shard(shard, &node_ids, replication)
+                    .into_iter()
+                    .filter_map(|id| {
+                        config.node(id).map(|node| {
+                            (
+                                id,
+                                LedgerNode {
+                                    raft_addr: node.raft_addr.clone(),
+                                    http_addr: node.http_addr.clone(),
+                                },
+                            )
+                        })
                     })
-                })
-                .collect();
+                    .collect();
             tracing::info!(shard, members = ?members.keys().collect::<Vec<_>>(), "initializing shard group");
             if let Err(error) = replica.raft.initialize(members).await {
                 // Another start may have initialized it meanwhile; anything else is fatal.

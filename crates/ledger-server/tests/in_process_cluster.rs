@@ -54,7 +54,9 @@ impl TestCluster {
             .collect();
         let mut nodes = Vec::new();
         for config in &configs {
-            nodes.push(Some(RunningNode::start(config.clone(), NodeTuning::default()).await?));
+            nodes.push(Some(
+                RunningNode::start(config.clone(), NodeTuning::default()).await?,
+            ));
         }
         let cluster = TestCluster {
             _directory: directory,
@@ -193,7 +195,9 @@ async fn debits_through_any_node_are_decided_once_and_replicas_agree() -> Result
             let first = clients[2].debit(account, &key, amount).await?;
             assert_eq!(first.status, "accepted", "{first:?}");
             assert!(!first.replayed);
-            let retry = clients[(debit % 3) as usize].debit(account, &key, amount).await?;
+            let retry = clients[(debit % 3) as usize]
+                .debit(account, &key, amount)
+                .await?;
             assert_eq!(retry.status, "accepted");
             assert!(retry.replayed, "a retry of {key} must be a replay");
             assert_eq!(retry.amount, first.amount);
@@ -266,7 +270,9 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
     let majority_url = format!("http://{}", cluster.node(new_leader).http_addr);
     let majority = LedgerClient::new(vec![majority_url])?;
     for key in 0..10 {
-        let outcome = majority.debit(account, &format!("during-{key}"), 11).await?;
+        let outcome = majority
+            .debit(account, &format!("during-{key}"), 11)
+            .await?;
         assert_eq!(outcome.status, "accepted");
     }
 
@@ -274,7 +280,10 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
     for node in cluster.nodes.iter().flatten() {
         node.context.transport.faults().unblock_all();
     }
-    let view = client.get_account(account).await.context("read after heal")?;
+    let view = client
+        .get_account(account)
+        .await
+        .context("read after heal")?;
     assert_eq!(view.consumed, 10 * 7 + 10 * 11);
     for key in 0..10 {
         let decided = client

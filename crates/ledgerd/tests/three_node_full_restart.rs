@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context as _};
-use common::{accounts_covering_shards, TestCluster};
+use common::{accounts_covering_shards, NodeId, ShardId, TestCluster};
 use ledger_api::{
     codes, AccountResponse, CreateGrantRequest, DebitResponse, STATUS_ACCEPTED, STATUS_REJECTED,
 };
@@ -110,6 +110,21 @@ async fn load_account(
     Ok((account_id, model, decided))
 }
 
+/// (node, shard) → (last_applied, digest) of every replica of every running node.
+async fn replica_states(
+    cluster: &mut TestCluster,
+) -> anyhow::Result<BTreeMap<(NodeId, ShardId), (u64, String)>> {
+    let mut states = BTreeMap::new();
+    for (node_id, view) in cluster.views().await? {
+        for shard in view.shards {
+            if let Some(index) = shard.last_applied {
+                states.insert((node_id, shard.shard_id), (index, shard.digest));
+            }
+        }
+    }
+    Ok(states)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_full_restart() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_ready("three_node_full_restart", 3, SHARDS).await?;
@@ -153,6 +168,7 @@ async fn three_node_full_restart() -> anyhow::Result<()> {
         before.insert(account_id.clone(), account);
     }
     cluster.wait_for_replicas_in_sync().await?;
+    let replicas_before = replica_states(&mut cluster).await?;
 
     // Stop everything cleanly, start everything again on the same data directories.
     cluster.terminate_all().await?;
@@ -161,6 +177,30 @@ async fn three_node_full_restart() -> anyhow::Result<()> {
     }
     cluster.wait_for_health().await?;
     cluster.wait_for_leaders().await?;
+
+    // A replica restored from disk at the index it had reached is the state it had: same
+    // digest. (Where a new leader appended an entry since, the index moved and there is
+    // nothing to compare.)
+    let replicas_after = replica_states(&mut cluster).await?;
+    let mut compared = 0;
+    for (replica, (index, digest)) in &replicas_before {
+        if let Some((index_after, digest_after)) = replicas_after.get(replica) {
+            if index_after == index {
+                compared += 1;
+                ensure!(
+                    digest_after == digest,
+                    "node {} shard {} at applied index {index}: digest {digest} before the \
+                     restart, {digest_after} restored from disk",
+                    replica.0,
+                    replica.1
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{compared} of {} replicas restored at an unchanged index, all with unchanged digests",
+        replicas_before.len()
+    );
 
     for account_id in &accounts {
         let after = client.get_account(account_id).await?;

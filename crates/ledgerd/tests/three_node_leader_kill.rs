@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 const SHARDS: u32 = 8;
 const ACCOUNTS_PER_SHARD: usize = 2;
 const WORKERS: usize = 6;
-const GRANT_AMOUNT: u64 = 150;
+const GRANT_AMOUNT: u64 = 50;
 /// Every fourth account may go this far below zero.
 const OVERDRAFT_LIMIT: u64 = 20;
 /// Decisions to wait for in each phase: before the kill, while the node is down, after its

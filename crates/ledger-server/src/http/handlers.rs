@@ -118,8 +118,11 @@ pub async fn create_account(
         .and_then(|replica| replica.state.read().ledger.view(&account_id, now_ms()));
     match view {
         Some(view) => (status, Json(account_response(view))).into_response(),
-        None => ApiError::unavailable(codes::UNAVAILABLE, "leadership changed; read the account again")
-            .into_response(),
+        None => ApiError::unavailable(
+            codes::UNAVAILABLE,
+            "leadership changed; read the account again",
+        )
+        .into_response(),
     }
 }
 
@@ -164,8 +167,12 @@ pub async fn create_grant(
         Err(error) => return error.into_response(),
     };
     let Command::Grant(grant) = &command else {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL, "not a grant")
-            .into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            "not a grant",
+        )
+        .into_response();
     };
     let grant_id = grant.grant_id.clone();
     let shard = shard_of(&context, &account_id);
@@ -232,13 +239,19 @@ fn debit_outcome(
 
 fn debit_answer(account_id: &str, idempotency_key: &str, outcome: &Outcome) -> Response {
     match &outcome.result {
-        Err(rejection) => {
-            ApiError::rejection(*rejection, outcome.replayed, &format!("debit {idempotency_key}"))
-                .into_response()
-        }
+        Err(rejection) => ApiError::rejection(
+            *rejection,
+            outcome.replayed,
+            &format!("debit {idempotency_key}"),
+        )
+        .into_response(),
         Ok(_) => {
-            let (status, body) =
-                debit_outcome(account_id, idempotency_key, &outcome.result, outcome.replayed);
+            let (status, body) = debit_outcome(
+                account_id,
+                idempotency_key,
+                &outcome.result,
+                outcome.replayed,
+            );
             (status, Json(body)).into_response()
         }
     }
@@ -264,8 +277,12 @@ pub async fn debit(
         idempotency_key, ..
     } = &command
     else {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL, "not a debit")
-            .into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            "not a debit",
+        )
+        .into_response();
     };
     let idempotency_key = idempotency_key.clone();
     let shard = shard_of(&context, &account_id);
@@ -328,8 +345,12 @@ fn batch_error(error: &ApiError) -> BatchDebitResult {
 }
 
 fn batch_outcome(account_id: &str, idempotency_key: &str, outcome: &Outcome) -> BatchDebitResult {
-    let (status, body) =
-        debit_outcome(account_id, idempotency_key, &outcome.result, outcome.replayed);
+    let (status, body) = debit_outcome(
+        account_id,
+        idempotency_key,
+        &outcome.result,
+        outcome.replayed,
+    );
     BatchDebitResult {
         outcome: Some(body),
         error: None,
@@ -353,7 +374,8 @@ pub async fn batch_debits(State(context): Context, headers: HeaderMap, body: Byt
     let items = match object.get("debits") {
         Some(Value::Array(items)) => items,
         None | Some(Value::Null) => {
-            return ApiError::bad_request(codes::MISSING_FIELD, "debits is required").into_response()
+            return ApiError::bad_request(codes::MISSING_FIELD, "debits is required")
+                .into_response()
         }
         Some(_) => {
             return ApiError::bad_request(codes::INVALID_FIELD, "debits must be an array")
@@ -529,7 +551,9 @@ async fn forward_items(
         .send()
         .await;
     let decoded = match answer {
-        Ok(answer) if answer.status().is_success() => answer.json::<BatchDebitResponse>().await.ok(),
+        Ok(answer) if answer.status().is_success() => {
+            answer.json::<BatchDebitResponse>().await.ok()
+        }
         _ => None,
     };
     match decoded {
@@ -559,11 +583,7 @@ pub async fn cluster(State(context): Context) -> Response {
         .map(|shard| match context.replicas.get(&shard) {
             Some(replica) => {
                 let metrics = replica.raft.metrics().borrow().clone();
-                let members = metrics
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .collect();
+                let members = metrics.membership_config.membership().voter_ids().collect();
                 let state = replica.state.read();
                 ShardInfo {
                     shard_id: shard,
@@ -602,15 +622,23 @@ pub async fn metrics(State(context): Context) -> Response {
         let metrics = replica.raft.metrics().borrow().clone();
         let shard = replica.shard.to_string();
         metrics::gauge!("ledger_shard_is_leader", "node" => node.clone(), "shard" => shard.clone())
-            .set(if metrics.current_leader == Some(context.node_id()) { 1.0 } else { 0.0 });
+            .set(if metrics.current_leader == Some(context.node_id()) {
+                1.0
+            } else {
+                0.0
+            });
         metrics::gauge!("ledger_shard_last_applied_index", "node" => node.clone(), "shard" => shard.clone())
             .set(metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0) as f64);
         metrics::gauge!("ledger_shard_term", "node" => node.clone(), "shard" => shard)
             .set(metrics.current_term as f64);
     }
-    metrics::gauge!("ledger_account_actors", "node" => node).set(context.actors.active_count() as f64);
+    metrics::gauge!("ledger_account_actors", "node" => node)
+        .set(context.actors.active_count() as f64);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         context.metrics.render(),
     )
         .into_response()

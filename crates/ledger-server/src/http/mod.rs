@@ -29,7 +29,10 @@ pub fn router(context: Arc<NodeContext>) -> Router {
     Router::new()
         .route("/v1/accounts", post(handlers::create_account))
         .route("/v1/accounts/{account_id}", get(handlers::get_account))
-        .route("/v1/accounts/{account_id}/grants", post(handlers::create_grant))
+        .route(
+            "/v1/accounts/{account_id}/grants",
+            post(handlers::create_grant),
+        )
         .route("/v1/accounts/{account_id}/debits", post(handlers::debit))
         .route(
             "/v1/accounts/{account_id}/debits/{idempotency_key}",

@@ -72,12 +72,20 @@ pub fn optional_amount(
             codes::INVALID_AMOUNT,
             format!(
                 "{field} must be a {} integer",
-                if zero_allowed { "non-negative" } else { "positive" }
+                if zero_allowed {
+                    "non-negative"
+                } else {
+                    "positive"
+                }
             ),
         )
     };
-    let too_large =
-        || ApiError::bad_request(codes::AMOUNT_TOO_LARGE, format!("{field} must be at most {AMOUNT_MAX}"));
+    let too_large = || {
+        ApiError::bad_request(
+            codes::AMOUNT_TOO_LARGE,
+            format!("{field} must be at most {AMOUNT_MAX}"),
+        )
+    };
     let Value::Number(number) = value else {
         return Err(invalid());
     };
@@ -102,9 +110,8 @@ pub fn optional_amount(
 }
 
 pub fn required_amount(object: &Object, field: &str) -> Result<u64, ApiError> {
-    optional_amount(object, field, false)?.ok_or_else(|| {
-        ApiError::bad_request(codes::MISSING_FIELD, format!("{field} is required"))
-    })
+    optional_amount(object, field, false)?
+        .ok_or_else(|| ApiError::bad_request(codes::MISSING_FIELD, format!("{field} is required")))
 }
 
 fn optional_string<'a>(object: &'a Object, field: &str) -> Result<Option<&'a str>, ApiError> {
@@ -244,10 +251,22 @@ mod tests {
             ("[1]", codes::INVALID_JSON),
             (r#"{"amount": 5}"#, codes::MISSING_FIELD),
             (r#"{"idempotency_key": "k"}"#, codes::MISSING_FIELD),
-            (r#"{"idempotency_key": "k", "amount": 0}"#, codes::INVALID_AMOUNT),
-            (r#"{"idempotency_key": "k", "amount": -3}"#, codes::INVALID_AMOUNT),
-            (r#"{"idempotency_key": "k", "amount": 1.5}"#, codes::INVALID_AMOUNT),
-            (r#"{"idempotency_key": "k", "amount": "5"}"#, codes::INVALID_AMOUNT),
+            (
+                r#"{"idempotency_key": "k", "amount": 0}"#,
+                codes::INVALID_AMOUNT,
+            ),
+            (
+                r#"{"idempotency_key": "k", "amount": -3}"#,
+                codes::INVALID_AMOUNT,
+            ),
+            (
+                r#"{"idempotency_key": "k", "amount": 1.5}"#,
+                codes::INVALID_AMOUNT,
+            ),
+            (
+                r#"{"idempotency_key": "k", "amount": "5"}"#,
+                codes::INVALID_AMOUNT,
+            ),
             (
                 r#"{"idempotency_key": "k", "amount": 1000000000000000001}"#,
                 codes::AMOUNT_TOO_LARGE,
@@ -256,20 +275,36 @@ mod tests {
                 r#"{"idempotency_key": "k", "amount": 1e30}"#,
                 codes::AMOUNT_TOO_LARGE,
             ),
-            (r#"{"idempotency_key": "", "amount": 5}"#, codes::INVALID_IDENTIFIER),
-            (r#"{"idempotency_key": "a/b", "amount": 5}"#, codes::INVALID_IDENTIFIER),
-            (r#"{"idempotency_key": 7, "amount": 5}"#, codes::INVALID_IDENTIFIER),
+            (
+                r#"{"idempotency_key": "", "amount": 5}"#,
+                codes::INVALID_IDENTIFIER,
+            ),
+            (
+                r#"{"idempotency_key": "a/b", "amount": 5}"#,
+                codes::INVALID_IDENTIFIER,
+            ),
+            (
+                r#"{"idempotency_key": 7, "amount": 5}"#,
+                codes::INVALID_IDENTIFIER,
+            ),
             (
                 r#"{"idempotency_key": "k", "feature": "image", "quantity": 1}"#,
                 codes::UNKNOWN_FEATURE,
             ),
         ];
         for (text, expected) in table {
-            assert_eq!(code_of(debit("acct", &body(text))), *expected, "body {text}");
+            assert_eq!(
+                code_of(debit("acct", &body(text))),
+                *expected,
+                "body {text}"
+            );
         }
         assert_eq!(
-            debit("acct", &body(r#"{"idempotency_key": "k-1", "amount": 1000000000000000000}"#))
-                .expect("the largest amount is valid"),
+            debit(
+                "acct",
+                &body(r#"{"idempotency_key": "k-1", "amount": 1000000000000000000}"#)
+            )
+            .expect("the largest amount is valid"),
             Command::Debit {
                 account_id: "acct".into(),
                 idempotency_key: "k-1".into(),
@@ -283,9 +318,18 @@ mod tests {
         let table: &[(&str, &str)] = &[
             (r#"{"amount": 5}"#, codes::MISSING_FIELD),
             (r#"{"grant_id": "g"}"#, codes::MISSING_FIELD),
-            (r#"{"grant_id": "g", "amount": 5, "source": "gift"}"#, codes::INVALID_SOURCE),
-            (r#"{"grant_id": "g", "amount": 5, "priority": 101}"#, codes::INVALID_PRIORITY),
-            (r#"{"grant_id": "g", "amount": 5, "priority": -1}"#, codes::INVALID_PRIORITY),
+            (
+                r#"{"grant_id": "g", "amount": 5, "source": "gift"}"#,
+                codes::INVALID_SOURCE,
+            ),
+            (
+                r#"{"grant_id": "g", "amount": 5, "priority": 101}"#,
+                codes::INVALID_PRIORITY,
+            ),
+            (
+                r#"{"grant_id": "g", "amount": 5, "priority": -1}"#,
+                codes::INVALID_PRIORITY,
+            ),
             (
                 r#"{"grant_id": "g", "amount": 5, "expires_at": "tomorrow"}"#,
                 codes::INVALID_TIMESTAMP,
@@ -296,7 +340,11 @@ mod tests {
             ),
         ];
         for (text, expected) in table {
-            assert_eq!(code_of(create_grant("acct", &body(text))), *expected, "body {text}");
+            assert_eq!(
+                code_of(create_grant("acct", &body(text))),
+                *expected,
+                "body {text}"
+            );
         }
         let Command::Grant(grant) = create_grant(
             "acct",
@@ -315,7 +363,9 @@ mod tests {
     fn account_bodies() {
         assert_eq!(code_of(create_account(&body("{}"))), codes::MISSING_FIELD);
         assert_eq!(
-            code_of(create_account(&body(r#"{"account_id": "a", "overdraft_limit": -1}"#))),
+            code_of(create_account(&body(
+                r#"{"account_id": "a", "overdraft_limit": -1}"#
+            ))),
             codes::INVALID_AMOUNT
         );
         assert_eq!(

@@ -102,10 +102,10 @@ pub async fn submit_error_response(
     request: &Forwardable,
 ) -> Response {
     match error {
-        SubmitError::Overloaded { account_id } => {
-            ApiError::overloaded(format!("account {account_id} has too many requests in flight"))
-                .into_response()
-        }
+        SubmitError::Overloaded { account_id } => ApiError::overloaded(format!(
+            "account {account_id} has too many requests in flight"
+        ))
+        .into_response(),
         SubmitError::Propose(ProposeError::Overloaded { .. }) => {
             ApiError::overloaded(format!("shard {shard} is at its queue bound")).into_response()
         }
@@ -210,7 +210,9 @@ pub async fn forward(
         }
         Err(error) => ApiError::unavailable(
             codes::UNAVAILABLE,
-            format!("shard {shard}: the leader's answer was cut off ({error}); retry with the same key"),
+            format!(
+                "shard {shard}: the leader's answer was cut off ({error}); retry with the same key"
+            ),
         )
         .into_response(),
     }
