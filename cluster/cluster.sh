@@ -2,7 +2,8 @@
 # Runs a 3-node ledger cluster on loopback: nodes 1..3 serve HTTP on 127.0.0.1:7001..7003 and
 # Raft on 127.0.0.1:7101..7103, with data in cluster/data/ and logs in cluster/logs/.
 #
-#   cluster.sh start [NODE]     build ledgerd if missing, start all nodes (or one), wait for /health
+#   cluster.sh start [NODE]     build ledgerd if missing, start all nodes (or one), wait for
+#                               /health and for a leader of every shard
 #   cluster.sh stop [NODE]      SIGTERM, wait (bounded), then SIGKILL
 #   cluster.sh restart [NODE]   stop, then start
 #   cluster.sh kill NODE        SIGKILL one node (a crash, for failover experiments)
@@ -32,7 +33,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -158,6 +159,47 @@ wait_healthy() {
     done
 }
 
+# Waits until every shard has a leader that all up nodes agree on, so that the first requests
+# are not answered 503 no_leader; fails after START_TIMEOUT_SECONDS with the shards still
+# without one.
+wait_for_leaders() {
+    local node urls=()
+    for node in "${ALL_NODES[@]}"; do
+        if [[ -n "$(running_pid_of "$node")" ]]; then
+            urls+=("http://$(http_addr_of "$node")")
+        fi
+    done
+    python3 - "$START_TIMEOUT_SECONDS" "${urls[@]}" <<'PYTHON'
+import json
+import sys
+import time
+import urllib.request
+
+timeout_seconds, urls = float(sys.argv[1]), sys.argv[2:]
+deadline = time.monotonic() + timeout_seconds
+while True:
+    problem = None
+    leaders = {}
+    try:
+        for url in urls:
+            with urllib.request.urlopen(url + "/admin/cluster", timeout=3) as answer:
+                for shard in json.load(answer)["shards"]:
+                    leaders.setdefault(shard["shard_id"], set()).add(shard["leader"])
+        pending = sorted(s for s, seen in leaders.items() if len(seen) != 1 or None in seen)
+        if pending:
+            problem = f"shards without an agreed leader: {pending}"
+    except Exception as error:  # a node still starting its HTTP side
+        problem = str(error)
+    if problem is None:
+        print(f"every shard has a leader ({len(leaders)} shards)")
+        sys.exit(0)
+    if time.monotonic() >= deadline:
+        print(f"cluster.sh: not ready after {timeout_seconds:.0f}s: {problem}", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(0.2)
+PYTHON
+}
+
 start() {
     local selected nodes node
     # An assignment of its own, so that `set -e` stops on an unknown node id.
@@ -168,6 +210,7 @@ start() {
         start_node "$node"
     done
     wait_healthy "${nodes[@]}"
+    wait_for_leaders
 }
 
 stop_node() {
@@ -234,9 +277,11 @@ status() {
     # only between replicas at the same last_applied, where they must be equal.
     python3 - "${up_urls[@]}" <<'PYTHON'
 import json
+import signal
 import sys
 import urllib.request
 
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `cluster.sh status | head` is not an error
 views = {}
 for url in sys.argv[1:]:
     try:
@@ -260,13 +305,19 @@ for shard_id in shard_ids:
     if len(leaders) > 1:
         leader += "?"  # nodes disagree: an election is under way
     members = next(iter(shards.values()))["members"]
-    applied = "  ".join(
-        f"{str(shards[node]['last_applied']) if node in shards else 'n/a':>12}" for node in nodes
-    )
+    def applied_on(node):
+        if node not in shards:
+            return "n/a"
+        index = shards[node]["last_applied"]
+        return "-" if index is None else str(index)
+
+    applied = "  ".join(f"{applied_on(node):>12}" for node in nodes)
     by_index = {}
     for shard in shards.values():
         by_index.setdefault(shard["last_applied"], set()).add(shard["digest"])
-    if any(len(digests) > 1 for digests in by_index.values()):
+    if set(by_index) == {None}:
+        verdict = "empty"
+    elif any(len(digests) > 1 for digests in by_index.values()):
         verdict = "DIGEST MISMATCH"
     elif len(by_index) == 1:
         verdict = "in sync"

@@ -1,11 +1,14 @@
 //! The per-shard proposer: packs many ledger commands into one Raft entry.
 //!
-//! openraft 0.9 waits for each log flush before the next append, so throughput comes from the
-//! size of the entries, not their number. The proposer keeps at most `entries_in_flight_max`
-//! entries of its shard unapplied; while they are in flight, new commands queue up and become the
-//! next (larger) entry. Under light load an entry carries one command and leaves at once (no
-//! linger), under heavy load entries grow up to `commands_per_entry_max`: the batch size adapts to
-//! the commit latency by itself.
+//! openraft 0.9's core awaits each log flush (our fsync) before it handles the next message of
+//! its group (`RaftCore::append_to_log`), so a shard commits at most one entry per fsync and
+//! throughput comes from the size of the entries, not their number. The proposer therefore keeps
+//! at most `entries_in_flight_max` entries of its shard unapplied (default 1: measured 4.3 ms
+//! entry latency and 5,000 debits/s single-node with 64 clients, against 15 ms and 3,300/s with 4,
+//! because extra entries only queue behind the core's fsync). While an entry is in flight, new
+//! commands queue up and become the next, larger, entry. Under light load an entry carries one
+//! command and leaves at once (no linger); under heavy load entries grow up to
+//! `commands_per_entry_max`: the batch size adapts to the commit latency by itself.
 //!
 //! Commands enter in the order `propose` is called and leave in that order inside entries that are
 //! handed to openraft in order (`client_write_ff` enqueues synchronously), so the order in which an
@@ -53,7 +56,7 @@ impl Default for ProposerConfig {
     fn default() -> Self {
         ProposerConfig {
             commands_per_entry_max: 4096,
-            entries_in_flight_max: 4,
+            entries_in_flight_max: 1,
             queue_length_max: 65_536,
         }
     }
@@ -153,9 +156,11 @@ async fn run(
             &mut replies,
             Vec::with_capacity(config.commands_per_entry_max),
         );
+        metrics::histogram!("ledger_proposer_commands_per_entry").record(batch.commands.len() as f64);
+        let proposed_at = std::time::Instant::now();
         match raft.client_write_ff(batch).await {
             Ok(response) => {
-                tokio::spawn(deliver(shard, response, batch_replies, permit));
+                tokio::spawn(deliver(shard, response, batch_replies, permit, proposed_at));
             }
             Err(_fatal) => {
                 fail_all(batch_replies, ProposeError::Stopped { shard });
@@ -176,9 +181,11 @@ async fn deliver(
     >,
     replies: Vec<Reply>,
     permit: OwnedSemaphorePermit,
+    proposed_at: std::time::Instant,
 ) {
     let result = response.await;
     drop(permit);
+    metrics::histogram!("ledger_proposer_entry_seconds").record(proposed_at.elapsed().as_secs_f64());
     match result {
         Ok(Ok(written)) => {
             let outcomes = written.data.outcomes;

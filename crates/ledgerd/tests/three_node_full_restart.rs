@@ -30,10 +30,9 @@ const DEBIT_AFTER: u64 = 5;
 const OVERDRAFT_LIMIT: u64 = 25;
 
 fn overdraft_limit_of(account_index: usize) -> u64 {
-    if account_index % 3 == 0 {
-        OVERDRAFT_LIMIT
-    } else {
-        0
+    match account_index % 3 {
+        0 => OVERDRAFT_LIMIT,
+        _ => 0,
     }
 }
 

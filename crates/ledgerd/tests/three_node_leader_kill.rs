@@ -50,7 +50,10 @@ struct Acknowledged {
 }
 
 fn overdraft_limit_of(account_index: usize) -> Option<u64> {
-    (account_index % 4 == 0).then_some(OVERDRAFT_LIMIT)
+    match account_index % 4 {
+        0 => Some(OVERDRAFT_LIMIT),
+        _ => None,
+    }
 }
 
 /// Retries one key until the ledger decides it: an unavailable cluster (an election, a dead

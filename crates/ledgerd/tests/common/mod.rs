@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -38,26 +37,6 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval between two checks of a condition being waited for.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Polls `check` until it returns `Some`, or fails after `timeout` with the last reason
-/// `check` gave for not being satisfied.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Result<T, String>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let reason = match check().await? {
-            Ok(value) => return Ok(value),
-            Err(reason) => reason,
-        };
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {reason}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
 
 /// One `ledgerd` process slot: its addresses, files, and the running process if any.
 pub struct TestNode {
@@ -210,14 +189,6 @@ impl TestCluster {
     pub fn client(&self) -> anyhow::Result<LedgerClient> {
         Ok(LedgerClient::with_options(
             self.urls(),
-            patient_client_options(),
-        )?)
-    }
-
-    /// A client of one node only.
-    pub fn client_of(&self, id: NodeId) -> anyhow::Result<LedgerClient> {
-        Ok(LedgerClient::with_options(
-            vec![self.node(id).url()],
             patient_client_options(),
         )?)
     }
@@ -421,15 +392,6 @@ impl TestCluster {
     /// Ends a successful test: stops the nodes and deletes the directory.
     pub fn pass(mut self) {
         self.passed = true;
-    }
-
-    /// The log paths of every node, for messages.
-    pub fn log_paths(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|node| format!("node {}: {}", node.id, node.log_path.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 
