@@ -328,9 +328,16 @@ impl TestCluster {
         }
     }
 
-    /// `GET /admin/cluster` of every running node.
+    /// `GET /admin/cluster` of every running node; fails if a node exited by itself.
     pub async fn views(&mut self) -> anyhow::Result<BTreeMap<NodeId, ClusterResponse>> {
         self.check_alive()?;
+        self.fetch_views().await
+    }
+
+    async fn fetch_views(&self) -> anyhow::Result<BTreeMap<NodeId, ClusterResponse>> {
+        if self.running_node_ids().is_empty() {
+            bail!("no node is running");
+        }
         let mut views = BTreeMap::new();
         for node in self.nodes.iter().filter(|node| node.is_running()) {
             let view = self
@@ -352,12 +359,14 @@ impl TestCluster {
     pub async fn wait_for_leaders(&mut self) -> anyhow::Result<BTreeMap<ShardId, NodeId>> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let reason = match self.views().await {
+            // A node that exited by itself fails the wait at once; only a node that does not
+            // answer yet (busy starting its HTTP side) is waited for.
+            self.check_alive()?;
+            let reason = match self.fetch_views().await {
                 Ok(views) => match agreed_leaders(&views, self.shard_count) {
                     Ok(leaders) => return Ok(leaders),
                     Err(reason) => reason,
                 },
-                // A node may be busy restarting its HTTP side; keep asking until the deadline.
                 Err(error) if Instant::now() < deadline => format!("{error:#}"),
                 Err(error) => return Err(error),
             };
