@@ -7,6 +7,21 @@
 //! **Boundary:** this crate does no I/O, reads no clock, spawns nothing and is not async. It must
 //! never depend on openraft, RocksDB, actix, tokio, axum or any serialization format (it only
 //! derives `serde` traits so that the layers above can choose one).
+//!
+//! **Invariants** (asserted after every apply, also in release builds; a replica that breaks one
+//! stops): per account, `granted + overage == Σ remaining + consumed + expired` (conservation)
+//! and `overage <= overdraft_limit` (no overspend). Every debit key is decided once and every
+//! retry gets that decision back as a replay (exactly-once). The same commands at the same
+//! stamps give the same state and `Ledger::digest` (determinism).
+//!
+//! Code map:
+//! - `types.rs`: the vocabulary: `Command`, `Outcome`, `Rejection` (stable codes, in order of
+//!   precedence), `Account`, `Grant`, `DebitRecord`, the bounds (`AMOUNT_MAX`, ...).
+//! - `ledger.rs`: `Ledger::apply`, the only place a decision is taken; lazy settlement of expiry
+//!   and overage repayment; `view`, `digest`, `restore`, `ChangeSet`.
+//! - `shard.rs`: `shard_for_account`, the placement of an account, fixed forever.
+//! - `tests/table`: state-machine tables, one command per line with its expected outcome.
+//! - `tests/model.rs`: property tests against an independent reference model.
 
 mod ledger;
 mod shard;

@@ -51,7 +51,11 @@ mod tests {
     fn placement_is_pinned() {
         assert_eq!(LONGEST_ID.len(), crate::IDENTIFIER_LENGTH_MAX);
         for (account_id, hash, shard_of_16, shard_of_3) in PINNED {
-            assert_eq!(xxh3_64(account_id.as_bytes()), hash, "hash of {account_id:?}");
+            assert_eq!(
+                xxh3_64(account_id.as_bytes()),
+                hash,
+                "hash of {account_id:?}"
+            );
             assert_eq!(
                 shard_for_account(account_id, 16),
                 shard_of_16,

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 
 use ledger_core::{
-    Accepted, Account, AccountView, ChangeSet, Command, GrantCommand, GrantSource, Ledger,
-    Outcome, Rejection, AMOUNT_MAX,
+    Accepted, Account, AccountView, ChangeSet, Command, GrantCommand, GrantSource, Ledger, Outcome,
+    Rejection, AMOUNT_MAX,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -43,7 +43,9 @@ impl ModelGrant {
         !self.expired
             && self.remaining > 0
             && self.effective_at_ms <= instant_ms
-            && self.expires_at_ms.map_or(true, |expires| instant_ms < expires)
+            && self
+                .expires_at_ms
+                .is_none_or(|expires| instant_ms < expires)
     }
 }
 
@@ -146,7 +148,10 @@ impl Model {
                 account.tick(instant);
             }
         }
-        self.clock_ms = Some(self.clock_ms.map_or(instant_ms, |clock| clock.max(instant_ms)));
+        self.clock_ms = Some(
+            self.clock_ms
+                .map_or(instant_ms, |clock| clock.max(instant_ms)),
+        );
     }
 
     fn now_ms(&self) -> u64 {
@@ -205,7 +210,8 @@ impl Model {
                 if grant.priority > 100 {
                     return fresh(Err(Rejection::InvalidPriority));
                 }
-                if let (Some(effective), Some(expires)) = (grant.effective_at_ms, grant.expires_at_ms)
+                if let (Some(effective), Some(expires)) =
+                    (grant.effective_at_ms, grant.expires_at_ms)
                 {
                     if expires <= effective {
                         return fresh(Err(Rejection::InvalidExpiry));
@@ -519,7 +525,8 @@ fn stamped_commands(world: World, length: usize) -> impl Strategy<Value = Vec<(u
                 stamp_ms = (stamp_ms + step).max(0);
                 let stamp_ms = stamp_ms as u64;
                 if let Command::Grant(grant) = &mut command {
-                    let around_stamp = |offset: u64| (stamp_ms + offset).saturating_sub(INSTANT_BEHIND_MS);
+                    let around_stamp =
+                        |offset: u64| (stamp_ms + offset).saturating_sub(INSTANT_BEHIND_MS);
                     grant.effective_at_ms = grant.effective_at_ms.map(around_stamp);
                     grant.expires_at_ms = grant.expires_at_ms.map(around_stamp);
                 }
@@ -541,7 +548,11 @@ fn check_account_invariants(account: &Account, view: &AccountView) {
         .filter(|grant| !grant.expired)
         .map(|grant| u128::from(grant.remaining))
         .sum();
-    let granted: u128 = account.grants.iter().map(|grant| u128::from(grant.amount)).sum();
+    let granted: u128 = account
+        .grants
+        .iter()
+        .map(|grant| u128::from(grant.amount))
+        .sum();
     assert_eq!(granted, u128::from(account.granted));
     assert_eq!(
         u128::from(account.granted) + u128::from(account.overage),
@@ -618,7 +629,10 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
             .filter(|(key, _)| before.debit_record(&key.0, &key.1).is_none())
             .map(|(key, _)| key.clone())
             .collect();
-        assert_eq!(changes.debit_records, new_records, "step {step}: change set records");
+        assert_eq!(
+            changes.debit_records, new_records,
+            "step {step}: change set records"
+        );
 
         if let Command::Debit {
             account_id,
@@ -648,7 +662,10 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
                     "step {step}"
                 ),
                 None => {
-                    assert!(!outcome.replayed, "step {step}: a first decision is no replay");
+                    assert!(
+                        !outcome.replayed,
+                        "step {step}: a first decision is no replay"
+                    );
                     if let Some(record) = ledger.debit_record(account_id, idempotency_key) {
                         assert_eq!(record.result, outcome.result);
                         assert_eq!(record.requested_amount, *amount);
@@ -662,9 +679,7 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
         if let Some(account) = ledger.account(account_id) {
             for later_ms in [0, 1, 7, 40] {
                 let at_ms = stamp_ms + later_ms;
-                let view = ledger
-                    .view(account_id, at_ms)
-                    .expect("the account exists");
+                let view = ledger.view(account_id, at_ms).expect("the account exists");
                 check_account_invariants(account, &view);
                 assert_eq!(
                     Some(summarize(view)),
@@ -685,7 +700,12 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
                 _ => None,
             })
             .sum();
-        assert_eq!(accepted, u128::from(account.consumed), "{}", account.account_id);
+        assert_eq!(
+            accepted,
+            u128::from(account.consumed),
+            "{}",
+            account.account_id
+        );
     }
 
     // Final views, now and later, of every account the model knows (and only those).
@@ -813,7 +833,11 @@ fn generators_reach_every_outcome() {
                     Ok(Accepted::AccountExists) => seen_accepted.insert("account_exists"),
                     Ok(Accepted::Granted) => seen_accepted.insert("granted"),
                     Ok(Accepted::Debited { available, .. }) => {
-                        seen_accepted.insert(if available < 0 { "overdrawn" } else { "debited" })
+                        seen_accepted.insert(if available < 0 {
+                            "overdrawn"
+                        } else {
+                            "debited"
+                        })
                     }
                     Err(rejection) => seen_rejections.insert(rejection),
                 };
@@ -826,6 +850,10 @@ fn generators_reach_every_outcome() {
         .map(Rejection::code)
         .collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
-    assert_eq!(seen_accepted.len(), 5, "accepted outcomes seen: {seen_accepted:?}");
+    assert_eq!(
+        seen_accepted.len(),
+        5,
+        "accepted outcomes seen: {seen_accepted:?}"
+    );
     assert!(seen_replays > 0);
 }

@@ -65,7 +65,12 @@ pub fn run_table(table: &str) {
 
 fn parse_command(verb: &str, arguments: &[&str], context: &dyn Fn() -> String) -> Command {
     let (positional, options) = split_options(arguments, context);
-    let option = |name: &str| options.iter().find(|(key, _)| *key == name).map(|(_, v)| *v);
+    let option = |name: &str| {
+        options
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, v)| *v)
+    };
     let value = |name: &str| option(name).map(|text| parse_value(text, context));
     let known = |names: &[&str]| {
         for (key, _) in &options {
@@ -174,7 +179,11 @@ fn check_view(
     let view = view.unwrap_or_else(|| panic!("{}: the account does not exist", context()));
     let (positional, options) = split_options(expected, context);
     assert!(positional.is_empty(), "{}: stray words", context());
-    assert!(!options.is_empty(), "{}: a view line must check something", context());
+    assert!(
+        !options.is_empty(),
+        "{}: a view line must check something",
+        context()
+    );
     for (key, text) in options {
         match key {
             "available" => assert_eq!(
@@ -212,9 +221,10 @@ fn check_view(
                 } else {
                     text.split(',')
                         .map(|item| {
-                            let (grant_id, remaining) = item.rsplit_once(':').unwrap_or_else(|| {
-                                panic!("{}: grants are ID:REMAINING", context())
-                            });
+                            let (grant_id, remaining) =
+                                item.rsplit_once(':').unwrap_or_else(|| {
+                                    panic!("{}: grants are ID:REMAINING", context())
+                                });
                             (parse_identifier(grant_id), parse_value(remaining, context))
                         })
                         .collect()
@@ -303,8 +313,18 @@ fn parse_signed_wide(text: &str, context: &dyn Fn() -> String) -> i128 {
     let (base, offset) = match body.find(['+', '-']) {
         Some(position) => {
             let (base, offset) = body.split_at(position);
-            let magnitude: i128 = offset[1..].replace('_', "").parse().unwrap_or_else(|_| fail());
-            (base, if offset.starts_with('-') { -magnitude } else { magnitude })
+            let magnitude: i128 = offset[1..]
+                .replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| fail());
+            (
+                base,
+                if offset.starts_with('-') {
+                    -magnitude
+                } else {
+                    magnitude
+                },
+            )
         }
         None => (body, 0),
     };
@@ -331,5 +351,8 @@ fn harness_catches_a_wrong_expectation() {
              11 debit  a k1 5 => debited amount=5 available=0",
         )
     });
-    assert!(result.is_err(), "a debit without credits must not match `debited`");
+    assert!(
+        result.is_err(),
+        "a debit without credits must not match `debited`"
+    );
 }

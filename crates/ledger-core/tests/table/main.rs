@@ -318,6 +318,16 @@ tables! {
         30 view   a                                     => available=0 expired=90 grants=-
     ";
 
+    backdated_grant_does_not_rewrite_the_past => "
+        # `brief` repaid the overage at 30, before `old` existed; `old` (back-dated to 0) is
+        # added at 60 and cannot take its place.
+        10 create a overdraft=10                        => account_created
+        10 debit  a k1 10                               => debited amount=10 available=-10
+        10 grant  a brief 100 effective=30 expires=50   => granted
+        60 grant  a old 100 effective=0                 => granted
+        60 view   a                                     => available=100 expired=90 grants=old:100
+    ";
+
     time_never_goes_backwards => "
         100 create a                       => account_created
         100 grant  a g1 10 expires=150     => granted
@@ -371,8 +381,9 @@ fn every_rejection_code_is_covered() {
         let code = rejection.code();
         let covered = ALL_TABLES.iter().any(|table| {
             table.lines().any(|line| {
-                line.split_once("=>")
-                    .is_some_and(|(_, expected)| expected.split_whitespace().any(|word| word == code))
+                line.split_once("=>").is_some_and(|(_, expected)| {
+                    expected.split_whitespace().any(|word| word == code)
+                })
             })
         });
         assert!(covered, "no table expects {code}");
@@ -397,7 +408,10 @@ fn rejection_codes_and_discriminants_are_pinned() {
     ];
     assert_eq!(Rejection::ALL.len(), pinned.len());
     for ((rejection, discriminant, code), listed) in pinned.into_iter().zip(Rejection::ALL) {
-        assert_eq!(rejection, listed, "Rejection::ALL is in order of precedence");
+        assert_eq!(
+            rejection, listed,
+            "Rejection::ALL is in order of precedence"
+        );
         assert_eq!(rejection as u16, discriminant);
         assert_eq!(rejection.code(), code);
         assert_eq!(Rejection::from_code(code), Some(rejection));
