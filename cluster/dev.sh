@@ -42,10 +42,18 @@ run_tests() {
     cargo fmt --all -- --check
     echo "== cargo clippy (release, all targets, -D warnings)" >&2
     cargo clippy --release --workspace --all-targets -- -D warnings
-    echo "== cargo test (release)" >&2
-    cargo test --release --workspace
     echo "== cargo doc" >&2
     RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps --quiet
+    echo "== cargo test (release)" >&2
+    local log
+    log=$(mktemp)
+    local status=0
+    cargo test --release --workspace 2>&1 | tee "$log" || status=$?
+    # One closing line for the whole suite (the last binary cargo runs is a doc-test binary that
+    # may hold no test, which says nothing about the suite).
+    awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
+    rm -f "$log"
+    return "$status"
 }
 
 command=${1:-}

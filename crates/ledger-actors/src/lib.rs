@@ -1,6 +1,6 @@
 //! `ledger-actors`: per-account actix actors on shard leaders.
 //!
-//! Each active account on a shard this node leads has one [`AccountActor`]. It receives the
+//! Each active account on a shard this node leads has one account actor. It receives the
 //! account's commands in arrival order, admits them against a bound (overload is an immediate
 //! [`SubmitError::Overloaded`], never an unbounded queue), forwards them to the shard's proposer in
 //! that order, keeps many in flight (it never waits for one commit before proposing the next), and

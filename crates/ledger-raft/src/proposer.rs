@@ -156,7 +156,8 @@ async fn run(
             &mut replies,
             Vec::with_capacity(config.commands_per_entry_max),
         );
-        metrics::histogram!("ledger_proposer_commands_per_entry").record(batch.commands.len() as f64);
+        metrics::histogram!("ledger_proposer_commands_per_entry")
+            .record(batch.commands.len() as f64);
         let proposed_at = std::time::Instant::now();
         match raft.client_write_ff(batch).await {
             Ok(response) => {
@@ -185,7 +186,8 @@ async fn deliver(
 ) {
     let result = response.await;
     drop(permit);
-    metrics::histogram!("ledger_proposer_entry_seconds").record(proposed_at.elapsed().as_secs_f64());
+    metrics::histogram!("ledger_proposer_entry_seconds")
+        .record(proposed_at.elapsed().as_secs_f64());
     match result {
         Ok(Ok(written)) => {
             let outcomes = written.data.outcomes;
