@@ -107,6 +107,59 @@ impl ProposerHandle {
     }
 }
 
+/// A proposer with no Raft group behind it: its commands are handed to the caller, who decides
+/// each one and answers it. The layers above the proposer (actors, HTTP) are tested with it
+/// without consensus; it has the same queue bound as a real proposer.
+pub fn manual_proposer(
+    shard: ShardId,
+    queue_length_max: usize,
+) -> (ProposerHandle, ManualProposals) {
+    let (sender, receiver) = mpsc::channel(queue_length_max.max(1));
+    (
+        ProposerHandle { shard, sender },
+        ManualProposals { receiver },
+    )
+}
+
+/// The receiving side of [`manual_proposer`].
+pub struct ManualProposals {
+    receiver: mpsc::Receiver<Proposal>,
+}
+
+/// One command waiting for the caller's decision.
+pub struct PendingProposal {
+    pub command: Command,
+    reply: Reply,
+}
+
+impl PendingProposal {
+    /// Resolves the proposal; the proposer of a real shard does this when the entry is applied.
+    pub fn answer(self, result: Result<Outcome, ProposeError>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+impl ManualProposals {
+    /// The next proposed command, in proposal order; `None` once every handle is gone.
+    pub async fn next(&mut self) -> Option<PendingProposal> {
+        self.receiver.recv().await.map(|proposal| PendingProposal {
+            command: proposal.command,
+            reply: proposal.reply,
+        })
+    }
+
+    /// The next proposed command if one is already queued.
+    pub fn try_next(&mut self) -> Option<PendingProposal> {
+        self.receiver
+            .try_recv()
+            .ok()
+            .map(|proposal| PendingProposal {
+                command: proposal.command,
+                reply: proposal.reply,
+            })
+    }
+}
+
 /// Starts the proposer task of `shard` on the current tokio runtime.
 pub fn spawn_proposer(shard: ShardId, raft: LedgerRaft, config: ProposerConfig) -> ProposerHandle {
     let (sender, receiver) = mpsc::channel(config.queue_length_max.max(1));
