@@ -1,4 +1,4 @@
-//! The ledger of one shard: accounts, grants and idempotency records, and `apply`.
+//! The ledger of one shard: accounts, grants, debit and grant records, and `apply`.
 //!
 //! **Time.** The only clock is the `timestamp_ms` the leader stamped on the log entry. Effective
 //! time never goes backwards: a command is applied at `max(timestamp_ms, last applied stamp)`.
@@ -31,16 +31,20 @@ pub struct ChangeSet {
     /// Newly decided debit idempotency records, as (account id, idempotency key), in the order
     /// they were decided. A key appears at most once: a decided key is never decided again.
     pub debit_records: Vec<(String, String)>,
+    /// Newly recorded grant rejections, as (account id, grant id), in the order they were
+    /// decided. A grant id appears at most once, for the same reason.
+    pub grant_records: Vec<(String, String)>,
 }
 
 impl ChangeSet {
     pub fn clear(&mut self) {
         self.accounts.clear();
         self.debit_records.clear();
+        self.grant_records.clear();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.debit_records.is_empty()
+        self.accounts.is_empty() && self.debit_records.is_empty() && self.grant_records.is_empty()
     }
 
     fn mark_account(&mut self, account_id: &str) {
@@ -73,6 +77,10 @@ pub struct Ledger {
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
     /// decisions about accounts that did not exist.
     debit_records: BTreeMap<(String, String), DebitRecord>,
+    /// Every grant id rejected for a reason of state or time, keyed by (account id, grant id),
+    /// also for accounts that did not exist. An accepted grant id is the grant on its account
+    /// instead; a grant id is never both.
+    grant_records: BTreeMap<(String, String), GrantRecord>,
     /// The latest time stamp applied: effective time never goes backwards, even if a new leader's
     /// clock is behind the old one's.
     last_timestamp_ms: u64,
@@ -84,14 +92,17 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from persisted parts (used by storage when a node restarts or installs a
-    /// snapshot): the parts that `accounts()`, `debit_records()` and `last_timestamp_ms()` return.
+    /// snapshot): the parts that `accounts()`, `debit_records()`, `grant_records()` and
+    /// `last_timestamp_ms()` return.
     ///
     /// # Panics
-    /// When the parts break an invariant (an account given twice, conservation): persisted state
-    /// that is not a state this machine can reach must stop the node, not be served.
+    /// When the parts break an invariant (an account given twice, conservation, a grant id both
+    /// accepted and rejected): persisted state that is not a state this machine can reach must
+    /// stop the node, not be served.
     pub fn restore(
         accounts: impl IntoIterator<Item = Account>,
         debit_records: impl IntoIterator<Item = ((String, String), DebitRecord)>,
+        grant_records: impl IntoIterator<Item = ((String, String), GrantRecord)>,
         last_timestamp_ms: u64,
     ) -> Ledger {
         let mut accounts_by_id = BTreeMap::new();
@@ -105,9 +116,21 @@ impl Ledger {
                 previous.map(|account| account.account_id)
             );
         }
+        let grant_records: BTreeMap<(String, String), GrantRecord> =
+            grant_records.into_iter().collect();
+        for (account_id, grant_id) in grant_records.keys() {
+            if let Some(account) = accounts_by_id.get(account_id) {
+                assert!(
+                    account.grant(grant_id).is_none(),
+                    "restore: grant {grant_id:?} of account {account_id:?} is both accepted and \
+                     rejected"
+                );
+            }
+        }
         Ledger {
             accounts: accounts_by_id,
             debit_records: debit_records.into_iter().collect(),
+            grant_records,
             last_timestamp_ms,
         }
     }
@@ -124,12 +147,24 @@ impl Ledger {
     /// The decided outcome of a debit key, if it was ever decided. Does not allocate.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
         self.debit_records
-            .get(&(account_id, idempotency_key) as &dyn DebitRecordKey)
+            .get(&(account_id, idempotency_key) as &dyn RecordKey)
     }
 
     /// Debit records in (account id, idempotency key) order.
     pub fn debit_records(&self) -> impl Iterator<Item = (&(String, String), &DebitRecord)> {
         self.debit_records.iter()
+    }
+
+    /// The recorded rejection of a grant id, if its grant was rejected for a reason of state or
+    /// time. Does not allocate.
+    pub fn grant_record(&self, account_id: &str, grant_id: &str) -> Option<&GrantRecord> {
+        self.grant_records
+            .get(&(account_id, grant_id) as &dyn RecordKey)
+    }
+
+    /// Grant records in (account id, grant id) order.
+    pub fn grant_records(&self) -> impl Iterator<Item = (&(String, String), &GrantRecord)> {
+        self.grant_records.iter()
     }
 
     pub fn last_timestamp_ms(&self) -> u64 {
@@ -227,6 +262,30 @@ impl Ledger {
         accepted(Accepted::AccountCreated)
     }
 
+    /// Decides a grant id. Which rejections are recorded follows one rule, the one debits follow:
+    /// a rejection that depends only on the command is not recorded (a retry fails the same way
+    /// without a record, nothing was applied, and the id stays free for a corrected request); a
+    /// rejection that depends on the ledger's state or on time is recorded, because a retry could
+    /// otherwise get another answer, and a grant must never apply after a retry of it was told
+    /// "rejected". Per code:
+    ///
+    /// - `invalid_identifier`, `invalid_amount`, `invalid_priority`, and `invalid_expiry` for an
+    ///   `expires_at` not after an explicit `effective_at`: the command alone; not recorded.
+    /// - `grant_conflict`: not recorded. It answers a request that collides with a grant id that
+    ///   is already decided (accepted, or a recorded rejection); the id keeps its first decision.
+    /// - `account_not_found`: state (the account may be created later); recorded.
+    /// - `invalid_expiry` for an `expires_at` at or before the time of apply: time (the same
+    ///   request applied earlier would have been accepted); recorded.
+    /// - `amount_overflow`: state (the account's `granted` total). That total never shrinks, so
+    ///   a retry would be rejected again anyway, but only a record makes it say it is a replay,
+    ///   and the rule stays true if a total ever can shrink.
+    ///
+    /// A retry is the same request when it carries the same amount, source, priority and
+    /// expiry, and an `effective_at` that is absent or the instant the first request was decided
+    /// to be effective from (the one it named, or its stamp): one rule for an accepted grant id
+    /// and a rejected one, since a client cannot know which of the two it is retrying. Other
+    /// parameters under a decided grant id are `grant_conflict`, as other amounts under a
+    /// decided debit key are `idempotency_conflict`.
     fn grant(&mut self, command: &GrantCommand, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
         if let Err(rejection) = validate_identifier(&command.account_id)
             .and_then(|()| validate_identifier(&command.grant_id))
@@ -246,43 +305,69 @@ impl Ledger {
                 return rejected(Rejection::InvalidExpiry);
             }
         }
+        // Looked up before the account: a grant id rejected because its account did not exist
+        // stays rejected after the account is created.
+        if let Some(record) = self.grant_record(&command.account_id, &command.grant_id) {
+            let same = is_same_grant_request(
+                command,
+                record.amount,
+                record.source,
+                record.priority,
+                record.effective_at_ms,
+                record.expires_at_ms,
+            );
+            return if same {
+                Outcome {
+                    result: Err(record.rejection),
+                    replayed: true,
+                }
+            } else {
+                rejected(Rejection::GrantConflict)
+            };
+        }
         let Some(account) = self.accounts.get_mut(&command.account_id) else {
-            return rejected(Rejection::AccountNotFound);
+            return self.record_grant_rejection(
+                command,
+                Rejection::AccountNotFound,
+                now_ms,
+                changes,
+            );
         };
-        if let Some(existing) = account
-            .grants
-            .iter()
-            .find(|grant| grant.grant_id == command.grant_id)
-        {
-            // A grant without `effective_at` was stamped with the time it was applied: a retry
-            // without it, or naming that stamp, is the same grant.
-            let same = existing.amount == command.amount
-                && existing.source == command.source
-                && existing.priority == command.priority
-                && command
-                    .effective_at_ms
-                    .is_none_or(|at| at == existing.effective_at_ms)
-                && existing.expires_at_ms == command.expires_at_ms;
+        if let Some(existing) = account.grant(&command.grant_id) {
+            let same = is_same_grant_request(
+                command,
+                existing.amount,
+                existing.source,
+                existing.priority,
+                existing.effective_at_ms,
+                existing.expires_at_ms,
+            );
             return if same {
                 replayed(Accepted::Granted)
             } else {
                 rejected(Rejection::GrantConflict)
             };
         }
-        // Checked after the grant id lookup: time moves on, and a late retry of an accepted grant
-        // must still be its replay. A grant that can never be drawn is a client mistake.
+        // Checked after the grant id lookups: time moves on, and a late retry of an accepted grant
+        // must still be its replay (as a late retry of a rejected one gets its record above). A
+        // grant that can never be drawn is a client mistake, decided at this instant.
         if command
             .expires_at_ms
             .is_some_and(|expires_at_ms| expires_at_ms <= now_ms)
         {
-            return rejected(Rejection::InvalidExpiry);
+            return self.record_grant_rejection(command, Rejection::InvalidExpiry, now_ms, changes);
         }
         let Some(granted) = account
             .granted
             .checked_add(command.amount)
             .filter(|total| *total <= TOTAL_MAX)
         else {
-            return rejected(Rejection::AmountOverflow);
+            return self.record_grant_rejection(
+                command,
+                Rejection::AmountOverflow,
+                now_ms,
+                changes,
+            );
         };
         // Settle before adding, so that the new grant cannot take part in instants before it
         // existed (it could otherwise repay overage at a back-dated `effective_at`).
@@ -304,6 +389,38 @@ impl Ledger {
         account.settle(now_ms);
         changes.mark_account(&command.account_id);
         accepted(Accepted::Granted)
+    }
+
+    /// Decides a grant id as rejected, for good (see `grant` for which rejections come here).
+    fn record_grant_rejection(
+        &mut self,
+        command: &GrantCommand,
+        rejection: Rejection,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        let record_key = (command.account_id.clone(), command.grant_id.clone());
+        assert!(
+            self.accounts
+                .get(&command.account_id)
+                .is_none_or(|account| account.grant(&command.grant_id).is_none()),
+            "a rejection was recorded for an accepted grant id"
+        );
+        changes.grant_records.push(record_key.clone());
+        let previous = self.grant_records.insert(
+            record_key,
+            GrantRecord {
+                amount: command.amount,
+                source: command.source,
+                priority: command.priority,
+                effective_at_ms: command.effective_at_ms.unwrap_or(now_ms),
+                expires_at_ms: command.expires_at_ms,
+                rejection,
+                decided_at_ms: now_ms,
+            },
+        );
+        assert!(previous.is_none(), "a grant id was decided twice");
+        rejected(rejection)
     }
 
     fn debit(
@@ -411,15 +528,36 @@ impl Ledger {
                 }
                 Err(rejection) => {
                     hasher.update(&[5]);
-                    hasher.update(&(*rejection as u16).to_le_bytes());
+                    hash_rejection(&mut hasher, *rejection);
                 }
             }
+        }
+        hash_u64(&mut hasher, self.grant_records.len() as u64);
+        for ((account_id, grant_id), record) in &self.grant_records {
+            hash_str(&mut hasher, account_id);
+            hash_str(&mut hasher, grant_id);
+            for value in [
+                record.amount,
+                source_tag(record.source),
+                u64::from(record.priority),
+                record.effective_at_ms,
+                record.decided_at_ms,
+            ] {
+                hash_u64(&mut hasher, value);
+            }
+            hash_option(&mut hasher, record.expires_at_ms);
+            hash_rejection(&mut hasher, record.rejection);
         }
         hasher.digest128()
     }
 }
 
 impl Account {
+    /// The grant with this id, expired and exhausted ones included.
+    fn grant(&self, grant_id: &str) -> Option<&Grant> {
+        self.grants.iter().find(|grant| grant.grant_id == grant_id)
+    }
+
     /// Brings the account up to `now_ms` as if time had passed instant by instant: at each
     /// instant, grants whose expiry has come expire first (their remainder moves to `expired`),
     /// then overage is repaid from the grants drawable at that instant, in draw-down order.
@@ -593,46 +731,46 @@ impl Account {
     }
 }
 
-/// Lets the debit record map, keyed by an owned `(String, String)`, be searched with a pair of
-/// borrowed `&str` without allocating (a map can only be searched by a type its key borrows as).
-/// Both sides order exactly as the tuple does, which `Borrow` requires.
-trait DebitRecordKey {
+/// Lets the record maps, keyed by an owned `(String, String)`, be searched with a pair of borrowed
+/// `&str` without allocating (a map can only be searched by a type its key borrows as). Both
+/// sides order exactly as the tuple does, which `Borrow` requires.
+trait RecordKey {
     fn parts(&self) -> (&str, &str);
 }
 
-impl DebitRecordKey for (String, String) {
+impl RecordKey for (String, String) {
     fn parts(&self) -> (&str, &str) {
         (&self.0, &self.1)
     }
 }
 
-impl DebitRecordKey for (&str, &str) {
+impl RecordKey for (&str, &str) {
     fn parts(&self) -> (&str, &str) {
         (self.0, self.1)
     }
 }
 
-impl<'a> Borrow<dyn DebitRecordKey + 'a> for (String, String) {
-    fn borrow(&self) -> &(dyn DebitRecordKey + 'a) {
+impl<'a> Borrow<dyn RecordKey + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn RecordKey + 'a) {
         self
     }
 }
 
-impl PartialEq for dyn DebitRecordKey + '_ {
+impl PartialEq for dyn RecordKey + '_ {
     fn eq(&self, other: &Self) -> bool {
         self.parts() == other.parts()
     }
 }
 
-impl Eq for dyn DebitRecordKey + '_ {}
+impl Eq for dyn RecordKey + '_ {}
 
-impl PartialOrd for dyn DebitRecordKey + '_ {
+impl PartialOrd for dyn RecordKey + '_ {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for dyn DebitRecordKey + '_ {
+impl Ord for dyn RecordKey + '_ {
     fn cmp(&self, other: &Self) -> Ordering {
         self.parts().cmp(&other.parts())
     }
@@ -664,6 +802,26 @@ fn accepted_or_rejected(result: Result<Accepted, Rejection>) -> Outcome {
         result,
         replayed: false,
     }
+}
+
+/// Whether `command` asks for the grant decided with these parameters. A grant decided without
+/// `effective_at` was stamped with the time it was decided: a retry without it, or naming that
+/// stamp, is the same request.
+fn is_same_grant_request(
+    command: &GrantCommand,
+    amount: u64,
+    source: GrantSource,
+    priority: u8,
+    effective_at_ms: u64,
+    expires_at_ms: Option<u64>,
+) -> bool {
+    command.amount == amount
+        && command.source == source
+        && command.priority == priority
+        && command
+            .effective_at_ms
+            .is_none_or(|at| at == effective_at_ms)
+        && command.expires_at_ms == expires_at_ms
 }
 
 /// Grants are drawable in `[effective_at_ms, expires_at_ms)`.
@@ -721,6 +879,10 @@ fn hash_option(hasher: &mut Xxh3, value: Option<u64>) {
             hash_u64(hasher, value);
         }
     }
+}
+
+fn hash_rejection(hasher: &mut Xxh3, rejection: Rejection) {
+    hasher.update(&(rejection as u16).to_le_bytes());
 }
 
 fn hash_str(hasher: &mut Xxh3, value: &str) {

@@ -10,13 +10,16 @@
 //!
 //! **Invariants** (asserted after every apply, also in release builds; a replica that breaks one
 //! stops): per account, `granted + overage == Σ remaining + consumed + expired` (conservation)
-//! and `overage <= overdraft_limit` (no overspend). Every debit key is decided once and every
-//! retry gets that decision back as a replay (exactly-once). The same commands at the same
-//! stamps give the same state and `Ledger::digest` (determinism).
+//! and `overage <= overdraft_limit` (no overspend). Every debit key and every grant id is
+//! decided once, accepted or rejected, and every retry gets that decision back as a replay
+//! (exactly-once; rejections that depend on state or time are recorded for that, see
+//! `DebitRecord` and `GrantRecord`). The same commands at the same stamps give the same state
+//! and `Ledger::digest` (determinism).
 //!
 //! Code map:
 //! - `types.rs`: the vocabulary: `Command`, `Outcome`, `Rejection` (stable codes, in order of
-//!   precedence), `Account`, `Grant`, `DebitRecord`, the bounds (`AMOUNT_MAX`, ...).
+//!   precedence), `Account`, `Grant`, `DebitRecord`, `GrantRecord`, the bounds (`AMOUNT_MAX`,
+//!   ...).
 //! - `ledger.rs`: `Ledger::apply`, the only place a decision is taken; lazy settlement of expiry
 //!   and overage repayment; `view`, `digest`, `restore`, `ChangeSet`.
 //! - `shard.rs`: `shard_for_account`, the placement of an account, fixed forever.

@@ -59,8 +59,10 @@ pub enum Command {
         account_id: String,
         overdraft_limit: u64,
     },
-    /// Add a block of credits to an account. Same grant id and same parameters again: replay.
-    /// Same grant id, different parameters: `grant_conflict`.
+    /// Add a block of credits to an account. The grant id is decided once: accepted (the grant
+    /// is added) or rejected for a reason of state or time (a `GrantRecord` is kept). Same grant
+    /// id and same parameters again: that decision, replayed. Same grant id, different
+    /// parameters: `grant_conflict`.
     Grant(GrantCommand),
     /// Draw `amount` credits from the account's grants (priority, then earliest expiry with
     /// none last, then creation order), going negative down to `-overdraft_limit` at most.
@@ -97,12 +99,15 @@ pub struct GrantCommand {
 
 /// A business rejection: a value with a stable code, never an error of the infrastructure.
 ///
-/// The discriminants are stable forever (they are stored in idempotency records) and the order
-/// of the variants is the order of precedence in which the state machine checks them: first the
-/// checks of the command alone (identifiers, amount, priority, an expiry not after an explicit
-/// `effective_at`), then the checks against state. One exception keeps retries exact: a grant
-/// whose `expires_at` is already past at apply time is `InvalidExpiry`, but only after the grant
-/// id was looked up, so that a late retry of an accepted grant is still its replay.
+/// The discriminants are stable forever (they are stored in debit and grant records) and the
+/// order of the variants is the order of precedence in which the state machine checks them:
+/// first the checks of the command alone (identifiers, amount, priority, an expiry not after an
+/// explicit `effective_at`), then the checks against state. Two exceptions keep retries exact:
+/// the client key (debit idempotency key, grant id) is looked up right after the checks of the
+/// command alone, so that a decided key answers with its decision (or a conflict) before
+/// anything else; and a grant whose `expires_at` is already past at apply time is
+/// `InvalidExpiry`, but only after that lookup, so that a late retry of an accepted grant is
+/// still its replay.
 #[derive(
     Clone,
     Copy,
@@ -136,8 +141,8 @@ pub enum Rejection {
     /// The account exists with different parameters.
     #[error("the account exists with other parameters")]
     AccountConflict = 6,
-    /// The grant id exists on this account with different parameters.
-    #[error("the grant id exists on this account with other parameters")]
+    /// The grant id was decided on this account (accepted or rejected) for other parameters.
+    #[error("the grant id was decided on this account for a request with other parameters")]
     GrantConflict = 7,
     /// The idempotency key was decided for a different request (other amount).
     #[error("the idempotency key was used for a request with another amount")]
@@ -219,6 +224,29 @@ pub struct DebitRecord {
     /// The amount the request asked for (a retry with another amount is `idempotency_conflict`).
     pub requested_amount: u64,
     pub result: Result<Accepted, Rejection>,
+    /// Leader time stamp of the entry that decided it.
+    pub decided_at_ms: u64,
+}
+
+/// The decision recorded under a grant id whose grant was rejected for a reason that depends on
+/// the ledger's state or on time (`account_not_found`, `invalid_expiry` for an expiry already
+/// past, `amount_overflow`; the reasons are argued in `Ledger::grant`), kept forever, keyed by
+/// (account id, grant id), so that every retry gets the same rejection back and the grant never
+/// applies later. An accepted grant needs no record: the `Grant` on its account is its decision.
+/// A grant that fails the checks of the command alone records nothing, like such a debit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The parameters of the request, stored as an accepted grant would store them: a retry
+    /// is the same request under the same rule (see `Ledger::grant`), anything else is
+    /// `grant_conflict`.
+    pub amount: u64,
+    pub source: GrantSource,
+    pub priority: u8,
+    /// The instant the request named, or the stamp of its decision when it named none.
+    pub effective_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    /// Why the grant was rejected, the answer every retry gets.
+    pub rejection: Rejection,
     /// Leader time stamp of the entry that decided it.
     pub decided_at_ms: u64,
 }

@@ -126,6 +126,10 @@ struct Model {
     accounts: BTreeMap<String, ModelAccount>,
     /// (account, key) -> (requested amount, decided result).
     debit_records: BTreeMap<(String, String), (u64, Result<Accepted, Rejection>)>,
+    /// (account, grant id) -> (the grant as it was asked for, with `effective_at` filled in with
+    /// the instant of the decision when absent; the rejection), for grant ids rejected because
+    /// of state or time.
+    grant_records: BTreeMap<(String, String), (GrantCommand, Rejection)>,
     /// The last instant that has passed, if any.
     clock_ms: Option<u64>,
 }
@@ -217,7 +221,32 @@ impl Model {
                         return fresh(Err(Rejection::InvalidExpiry));
                     }
                 }
+                // A request is the same as a decided one if everything matches, where an absent
+                // `effective_at` stands for the instant the decided one became effective from.
+                let same_request = |decided: &GrantCommand| {
+                    let mut asked = grant.clone();
+                    if asked.effective_at_ms.is_none() {
+                        asked.effective_at_ms = decided.effective_at_ms;
+                    }
+                    asked == *decided
+                };
+                let record_key = (grant.account_id.clone(), grant.grant_id.clone());
+                if let Some((decided, rejection)) = self.grant_records.get(&record_key) {
+                    return if same_request(decided) {
+                        Outcome {
+                            result: Err(*rejection),
+                            replayed: true,
+                        }
+                    } else {
+                        fresh(Err(Rejection::GrantConflict))
+                    };
+                }
+                // Rejections that depend on state or time are decided for good.
+                let mut decided = grant.clone();
+                decided.effective_at_ms = Some(grant.effective_at_ms.unwrap_or(now_ms));
                 let Some(account) = self.accounts.get_mut(&grant.account_id) else {
+                    self.grant_records
+                        .insert(record_key, (decided, Rejection::AccountNotFound));
                     return fresh(Err(Rejection::AccountNotFound));
                 };
                 if let Some(existing) = account
@@ -225,15 +254,16 @@ impl Model {
                     .iter()
                     .find(|existing| existing.grant_id == grant.grant_id)
                 {
-                    let same = existing.amount == grant.amount
-                        && existing.source == grant.source
-                        && existing.priority == grant.priority
-                        && existing.expires_at_ms == grant.expires_at_ms
-                        && match grant.effective_at_ms {
-                            None => true,
-                            Some(effective) => effective == existing.effective_at_ms,
-                        };
-                    return if same {
+                    let existing_request = GrantCommand {
+                        account_id: grant.account_id.clone(),
+                        grant_id: existing.grant_id.clone(),
+                        amount: existing.amount,
+                        source: existing.source,
+                        priority: existing.priority,
+                        effective_at_ms: Some(existing.effective_at_ms),
+                        expires_at_ms: existing.expires_at_ms,
+                    };
+                    return if same_request(&existing_request) {
                         Outcome {
                             result: Ok(Accepted::Granted),
                             replayed: true,
@@ -242,11 +272,16 @@ impl Model {
                         fresh(Err(Rejection::GrantConflict))
                     };
                 }
-                if grant.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-                    return fresh(Err(Rejection::InvalidExpiry));
-                }
-                if account.granted + u128::from(grant.amount) > TOTAL_MAX {
-                    return fresh(Err(Rejection::AmountOverflow));
+                let rejection = if grant.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
+                    Some(Rejection::InvalidExpiry)
+                } else if account.granted + u128::from(grant.amount) > TOTAL_MAX {
+                    Some(Rejection::AmountOverflow)
+                } else {
+                    None
+                };
+                if let Some(rejection) = rejection {
+                    self.grant_records.insert(record_key, (decided, rejection));
+                    return fresh(Err(rejection));
                 }
                 account.granted += u128::from(grant.amount);
                 account.grants.push(ModelGrant {
@@ -514,22 +549,51 @@ fn command(world: World) -> impl Strategy<Value = Command> {
     prop_oneof![create_weight => create, grant_weight => grant, debit_weight => debit]
 }
 
+/// How many of the latest commands a prompt retry chooses from.
+const RECENT_COMMANDS: usize = 4;
+
 /// Commands with their leader stamps: mostly moving forward, sometimes backwards (a new
-/// leader whose clock is behind), sometimes several in the same instant.
+/// leader whose clock is behind), sometimes several in the same instant. About one command in
+/// seven is a client's retry: an earlier command sent again unchanged (with the same absolute
+/// instants), mostly one of the latest few (a prompt retry), sometimes any earlier one (a late
+/// retry), so that every kind of decision is replayed, soon and late.
 fn stamped_commands(world: World, length: usize) -> impl Strategy<Value = Vec<(u64, Command)>> {
-    proptest::collection::vec((-4_i64..=6, command(world)), 1..=length).prop_map(|steps| {
+    let retry = (
+        proptest::bool::weighted(0.7),
+        any::<proptest::sample::Index>(),
+    );
+    let step = (
+        -4_i64..=6,
+        command(world),
+        proptest::option::weighted(0.15, retry),
+    );
+    proptest::collection::vec(step, 1..=length).prop_map(|steps| {
         let mut stamp_ms: i64 = 0;
+        let mut sent: Vec<Command> = Vec::new();
         steps
             .into_iter()
-            .map(|(step, mut command)| {
+            .map(|(step, mut command, retry)| {
                 stamp_ms = (stamp_ms + step).max(0);
                 let stamp_ms = stamp_ms as u64;
-                if let Command::Grant(grant) = &mut command {
-                    let around_stamp =
-                        |offset: u64| (stamp_ms + offset).saturating_sub(INSTANT_BEHIND_MS);
-                    grant.effective_at_ms = grant.effective_at_ms.map(around_stamp);
-                    grant.expires_at_ms = grant.expires_at_ms.map(around_stamp);
+                match retry {
+                    Some((prompt, index)) if !sent.is_empty() => {
+                        let first = if prompt {
+                            sent.len().saturating_sub(RECENT_COMMANDS)
+                        } else {
+                            0
+                        };
+                        command = sent[first + index.index(sent.len() - first)].clone();
+                    }
+                    _ => {
+                        if let Command::Grant(grant) = &mut command {
+                            let around_stamp =
+                                |offset: u64| (stamp_ms + offset).saturating_sub(INSTANT_BEHIND_MS);
+                            grant.effective_at_ms = grant.effective_at_ms.map(around_stamp);
+                            grant.expires_at_ms = grant.expires_at_ms.map(around_stamp);
+                        }
+                    }
                 }
+                sent.push(command.clone());
                 (stamp_ms, command)
             })
             .collect()
@@ -573,6 +637,9 @@ fn rebuilt(ledger: &Ledger) -> Ledger {
         ledger
             .debit_records()
             .map(|(key, record)| (key.clone(), record.clone())),
+        ledger
+            .grant_records()
+            .map(|(key, record)| (key.clone(), record.clone())),
         ledger.last_timestamp_ms(),
     )
 }
@@ -585,6 +652,8 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
     // Exactly-once: the first decision of each debit key, and who asked for what.
     let mut decided: BTreeMap<(String, String), (u64, Result<Accepted, Rejection>)> =
         BTreeMap::new();
+    // The same for grant ids.
+    let mut decided_grants = DecidedGrants::new();
     let mut restored: Option<Ledger> = None;
 
     for (step, (stamp_ms, command)) in commands.iter().enumerate() {
@@ -633,6 +702,23 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
             changes.debit_records, new_records,
             "step {step}: change set records"
         );
+        let new_grant_records: Vec<(String, String)> = ledger
+            .grant_records()
+            .filter(|(key, _)| before.grant_record(&key.0, &key.1).is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        assert_eq!(
+            changes.grant_records, new_grant_records,
+            "step {step}: change set grant records"
+        );
+        // Records are never changed or dropped once decided.
+        for (key, record) in before.grant_records() {
+            assert_eq!(
+                ledger.grant_record(&key.0, &key.1),
+                Some(record),
+                "step {step}"
+            );
+        }
 
         if let Command::Debit {
             account_id,
@@ -675,6 +761,10 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
             }
         }
 
+        if let Command::Grant(grant) = command {
+            check_grant_decided_once(step, grant, &outcome, &ledger, &mut decided_grants);
+        }
+
         // Views at the stamp and a little later agree with the model and keep the invariants.
         if let Some(account) = ledger.account(account_id) {
             for later_ms in [0, 1, 7, 40] {
@@ -705,6 +795,27 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
             u128::from(account.consumed),
             "{}",
             account.account_id
+        );
+    }
+
+    // A grant id is accepted (a grant on its account) or rejected (a record), never both, and
+    // every first decision is still what the ledger holds.
+    for ((account_id, grant_id), record) in ledger.grant_records() {
+        let accepted = ledger.account(account_id).is_some_and(|account| {
+            account
+                .grants
+                .iter()
+                .any(|grant| grant.grant_id == *grant_id)
+        });
+        assert!(
+            !accepted,
+            "grant {grant_id} of {account_id} is accepted and rejected"
+        );
+        let first = decided_grants.get(&(account_id.clone(), grant_id.clone()));
+        assert_eq!(
+            first.map(|(_, result)| result),
+            Some(&Err(record.rejection)),
+            "grant record of {grant_id} on {account_id}"
         );
     }
 
@@ -744,6 +855,71 @@ fn check_against_model(commands: &[(u64, Command)], restore_at: usize) {
     }
 }
 
+/// (account id, grant id) -> the first request that decided it, and its result.
+type DecidedGrants = BTreeMap<(String, String), (GrantCommand, Result<Accepted, Rejection>)>;
+
+/// Exactly-once for grant ids, checked from the outside: a request that passes the checks of
+/// the command alone decides its grant id (accepted, or a recorded rejection) unless it is
+/// decided already; an identical retry gets the first decision back as a replay; another
+/// request under a decided id is a conflict or (an absent `effective_at`) the replay.
+fn check_grant_decided_once(
+    step: usize,
+    grant: &GrantCommand,
+    outcome: &Outcome,
+    ledger: &Ledger,
+    decided_grants: &mut DecidedGrants,
+) {
+    let key = (grant.account_id.clone(), grant.grant_id.clone());
+    let command_is_valid = model_identifier_is_valid(&grant.account_id)
+        && model_identifier_is_valid(&grant.grant_id)
+        && (1..=AMOUNT_MAX).contains(&grant.amount)
+        && grant.priority <= 100
+        && match (grant.effective_at_ms, grant.expires_at_ms) {
+            (Some(effective), Some(expires)) => effective < expires,
+            _ => true,
+        };
+    match decided_grants.get(&key) {
+        _ if !command_is_valid => assert!(
+            matches!(
+                outcome.result,
+                Err(Rejection::InvalidIdentifier
+                    | Rejection::InvalidAmount
+                    | Rejection::InvalidPriority
+                    | Rejection::InvalidExpiry)
+            ) && !outcome.replayed,
+            "step {step}: the checks of the command alone"
+        ),
+        Some((first, first_result)) if first == grant => {
+            assert_eq!(&outcome.result, first_result, "step {step}: replay changed");
+            assert!(outcome.replayed, "step {step}: a retry is a replay");
+        }
+        Some((_, first_result)) => assert!(
+            outcome.result == Err(Rejection::GrantConflict)
+                || (outcome.replayed && &outcome.result == first_result),
+            "step {step}: {outcome:?} under a decided grant id"
+        ),
+        None => {
+            assert!(
+                !outcome.replayed,
+                "step {step}: a first decision is no replay"
+            );
+            match &outcome.result {
+                Ok(Accepted::Granted) => {
+                    assert!(ledger.grant_record(&key.0, &key.1).is_none(), "step {step}")
+                }
+                Err(rejection) => {
+                    let record = ledger.grant_record(&key.0, &key.1).unwrap_or_else(|| {
+                        panic!("step {step}: {rejection:?} of a valid grant is not recorded")
+                    });
+                    assert_eq!(record.rejection, *rejection, "step {step}");
+                }
+                Ok(other) => panic!("step {step}: a grant answered {other:?}"),
+            }
+            decided_grants.insert(key, (grant.clone(), outcome.result.clone()));
+        }
+    }
+}
+
 /// A seed for the whole run: the one given in `PROPTEST_RNG_SEED`, or a fresh one, printed so
 /// that the run can be replayed.
 fn config_with_printed_seed(test_name: &str) -> ProptestConfig {
@@ -769,12 +945,15 @@ const SMALL_WORLD: World = World {
     weights: (1, 3, 5),
 };
 
+/// Mostly grants, and enough grant ids, that ten grants near `AMOUNT_MAX` are often accepted on
+/// one account and later ones overflow (many grant ids are decided as rejections before the
+/// account is created, and the rest collide as conflicts).
 const HUGE_AMOUNTS: World = World {
     accounts: 1,
-    grant_ids: 16,
+    grant_ids: 64,
     debit_keys: 16,
     huge_amounts: true,
-    weights: (1, 4, 4),
+    weights: (1, 6, 3),
 };
 
 proptest! {
@@ -814,6 +993,8 @@ fn generators_reach_every_outcome() {
     let mut seen_rejections: BTreeSet<Rejection> = BTreeSet::new();
     let mut seen_accepted: BTreeSet<&str> = BTreeSet::new();
     let mut seen_replays = 0_usize;
+    // Replayed rejections of grants: each recorded kind must be retried somewhere.
+    let mut seen_grant_rejection_replays: BTreeSet<Rejection> = BTreeSet::new();
     let mut runner = TestRunner::new(Config {
         rng_seed: RngSeed::Fixed(7),
         ..Config::default()
@@ -828,6 +1009,11 @@ fn generators_reach_every_outcome() {
             for (stamp_ms, command) in &commands {
                 let outcome = model.apply(command, *stamp_ms);
                 seen_replays += usize::from(outcome.replayed);
+                if let (Command::Grant(_), Err(rejection), true) =
+                    (command, &outcome.result, outcome.replayed)
+                {
+                    seen_grant_rejection_replays.insert(*rejection);
+                }
                 match outcome.result {
                     Ok(Accepted::AccountCreated) => seen_accepted.insert("account_created"),
                     Ok(Accepted::AccountExists) => seen_accepted.insert("account_exists"),
@@ -856,4 +1042,14 @@ fn generators_reach_every_outcome() {
         "accepted outcomes seen: {seen_accepted:?}"
     );
     assert!(seen_replays > 0);
+    let recorded = [
+        Rejection::AccountNotFound,
+        Rejection::InvalidExpiry,
+        Rejection::AmountOverflow,
+    ];
+    assert_eq!(
+        seen_grant_rejection_replays,
+        recorded.into_iter().collect(),
+        "replayed grant rejections"
+    );
 }

@@ -204,6 +204,21 @@ async fn debits_through_any_node_are_decided_once_and_replicas_agree() -> Result
             *accepted_by_account.entry(account.clone()).or_default() += amount;
         }
     }
+    // A grant to a missing account is rejected, and stays rejected (as a replay) for its grant id
+    // even after the account is created: a request never applies after it was told "rejected".
+    let early = clients[0].grant("late-account", &grant("early", 10)).await;
+    assert!(
+        matches!(&early, Err(error) if error.code() == Some("account_not_found")),
+        "{early:?}"
+    );
+    clients[1].create_account("late-account", None).await?;
+    let retried = clients[2].grant("late-account", &grant("early", 10)).await;
+    assert!(
+        matches!(&retried, Err(error) if error.code() == Some("account_not_found")),
+        "{retried:?}"
+    );
+    assert_eq!(clients[0].get_account("late-account").await?.available, 0);
+
     // A debit beyond the balance is rejected, and its replay is the same rejection.
     let rejected = clients[0].debit(&accounts[0], "too-much", 5_000).await?;
     assert_eq!(rejected.code.as_deref(), Some("insufficient_credits"));

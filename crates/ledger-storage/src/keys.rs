@@ -12,8 +12,9 @@
 //! | `ledger` | shard ++ `APPLIED_STATE` | bincode `AppliedState` |
 //! | `ledger` | shard ++ `ACCOUNT` ++ len-prefixed account id | bincode `Account` |
 //! | `ledger` | shard ++ `DEBIT_RECORD` ++ len-prefixed account id ++ len-prefixed key | bincode `DebitRecord` |
+//! | `ledger` | shard ++ `GRANT_RECORD` ++ len-prefixed account id ++ len-prefixed grant id | bincode `GrantRecord` |
 //! | `snapshot` | shard ++ `SNAPSHOT_META` | bincode `StoredSnapshotMeta` of the current snapshot |
-//! | `snapshot` | shard ++ `SNAPSHOT_DATA` | the current snapshot's bytes (a bincode `SnapshotPayload`) |
+//! | `snapshot` | shard ++ `SNAPSHOT_DATA` | the current snapshot's bytes (bincode format version `u32`, then a bincode `SnapshotPayload`) |
 
 use ledger_raft::ShardId;
 
@@ -21,7 +22,7 @@ use ledger_raft::ShardId;
 pub(crate) const CF_RAFT_LOG: &str = "raft_log";
 /// Vote, committed and last purged log id of every shard.
 pub(crate) const CF_RAFT_STATE: &str = "raft_state";
-/// The applied ledger of every shard: accounts, debit records and the applied state.
+/// The applied ledger of every shard: accounts, debit and grant records, and the applied state.
 pub(crate) const CF_LEDGER: &str = "ledger";
 /// The current snapshot of every shard.
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
@@ -37,6 +38,7 @@ pub(crate) const RAFT_STATE_LAST_PURGED: u8 = 3;
 pub(crate) const LEDGER_APPLIED_STATE: u8 = 0;
 pub(crate) const LEDGER_ACCOUNT: u8 = 1;
 pub(crate) const LEDGER_DEBIT_RECORD: u8 = 2;
+pub(crate) const LEDGER_GRANT_RECORD: u8 = 3;
 
 /// Tags of the `snapshot` column family. Stored on disk: never renumber.
 pub(crate) const SNAPSHOT_META: u8 = 1;
@@ -100,6 +102,15 @@ pub(crate) fn debit_record_key(shard: ShardId, account_id: &str, idempotency_key
     key
 }
 
+pub(crate) fn grant_record_key(shard: ShardId, account_id: &str, grant_id: &str) -> Vec<u8> {
+    let mut key =
+        Vec::with_capacity(SHARD_PREFIX_LENGTH + 1 + 8 + account_id.len() + grant_id.len());
+    key.extend_from_slice(&tagged_key(shard, LEDGER_GRANT_RECORD));
+    push_length_prefixed(&mut key, account_id.as_bytes());
+    push_length_prefixed(&mut key, grant_id.as_bytes());
+    key
+}
+
 pub(crate) fn snapshot_key(shard: ShardId, tag: u8) -> [u8; 5] {
     tagged_key(shard, tag)
 }
@@ -115,6 +126,10 @@ pub(crate) enum LedgerKey {
         account_id: String,
         idempotency_key: String,
     },
+    GrantRecord {
+        account_id: String,
+        grant_id: String,
+    },
 }
 
 /// Parses a `ledger` key of any shard; `None` if it is malformed (a corrupt database).
@@ -128,6 +143,10 @@ pub(crate) fn parse_ledger_key(key: &[u8]) -> Option<LedgerKey> {
         LEDGER_DEBIT_RECORD => LedgerKey::DebitRecord {
             account_id: take_length_prefixed(&mut rest)?,
             idempotency_key: take_length_prefixed(&mut rest)?,
+        },
+        LEDGER_GRANT_RECORD => LedgerKey::GrantRecord {
+            account_id: take_length_prefixed(&mut rest)?,
+            grant_id: take_length_prefixed(&mut rest)?,
         },
         _ => return None,
     };
@@ -189,6 +208,7 @@ mod tests {
                 applied_state_key(shard).to_vec(),
                 account_key(shard, "acct"),
                 debit_record_key(shard, "acct", "key"),
+                grant_record_key(shard, "acct", "grant"),
                 snapshot_key(shard, SNAPSHOT_META).to_vec(),
                 snapshot_key(shard, SNAPSHOT_DATA).to_vec(),
             ];
@@ -221,6 +241,20 @@ mod tests {
                     idempotency_key: "bc".into(),
                 },
             ),
+            (
+                grant_record_key(5, "ab", "c"),
+                LedgerKey::GrantRecord {
+                    account_id: "ab".into(),
+                    grant_id: "c".into(),
+                },
+            ),
+            (
+                grant_record_key(5, "a", "bc"),
+                LedgerKey::GrantRecord {
+                    account_id: "a".into(),
+                    grant_id: "bc".into(),
+                },
+            ),
             (applied_state_key(5).to_vec(), LedgerKey::AppliedState),
         ];
         for (key, expected) in cases {
@@ -229,6 +263,11 @@ mod tests {
         assert_ne!(
             debit_record_key(5, "ab", "c"),
             debit_record_key(5, "a", "bc")
+        );
+        // The same pair of identifiers as a debit key and as a grant id are different keys.
+        assert_ne!(
+            debit_record_key(5, "acct", "id"),
+            grant_record_key(5, "acct", "id")
         );
     }
 

@@ -9,8 +9,8 @@
 //!   fsync (group commit). The vote is fsynced before `save_vote` returns.
 //! - [`StateMachineStore`] (`RaftStateMachine`): the shard's `ledger_core::Ledger` in memory,
 //!   shared with readers as a `SharedShardState`, persisted with one write batch per `apply`
-//!   (changed accounts and debit records with `last_applied`), snapshots installed with one
-//!   fsynced batch.
+//!   (changed accounts, debit records and grant records with `last_applied`), snapshots
+//!   installed with one fsynced batch.
 //!
 //! The on-disk layout is described in `keys.rs`; the durability argument of every unsynced
 //! write is next to it, in `log_store.rs` and `state_machine.rs`.

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledger_core::{Account, DebitRecord, Ledger};
+use ledger_core::{Account, DebitRecord, GrantRecord, Ledger};
 use ledger_raft::{Entry, LedgerLogId, ShardId, ShardState, SharedShardState};
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -296,6 +296,7 @@ fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
     let mut applied_state = AppliedState::default();
     let mut accounts: Vec<Account> = Vec::new();
     let mut debit_records: Vec<((String, String), DebitRecord)> = Vec::new();
+    let mut grant_records: Vec<((String, String), GrantRecord)> = Vec::new();
     let (start, end) = shard_range(shard);
     handle.node.scan(
         CF_LEDGER,
@@ -329,6 +330,13 @@ fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
                     let record: DebitRecord = decode(value, "debit record", shard)?;
                     debit_records.push(((account_id, idempotency_key), record));
                 }
+                Some(LedgerKey::GrantRecord {
+                    account_id,
+                    grant_id,
+                }) => {
+                    let record: GrantRecord = decode(value, "grant record", shard)?;
+                    grant_records.push(((account_id, grant_id), record));
+                }
                 None => {
                     return Err(StorageError::Corrupt {
                         what: "ledger key",
@@ -341,7 +349,12 @@ fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
         },
     )?;
     Ok(ShardState {
-        ledger: Ledger::restore(accounts, debit_records, applied_state.last_timestamp_ms),
+        ledger: Ledger::restore(
+            accounts,
+            debit_records,
+            grant_records,
+            applied_state.last_timestamp_ms,
+        ),
         last_applied: applied_state.last_applied,
         last_membership: applied_state.last_membership,
     })

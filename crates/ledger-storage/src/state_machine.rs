@@ -1,10 +1,10 @@
 //! The state machine store of one shard (`RaftStateMachine`): the ledger in memory, shared with
 //! readers, and persisted in the node's `ledger` column family; snapshots in `snapshot`.
 //!
-//! **Invariant:** the `ledger` column family holds, for each shard, exactly the accounts and
-//! debit records of the in-memory ledger at the persisted `last_applied`: every `apply` call
-//! writes the keys its commands changed together with `last_applied`, `last_membership` and the
-//! ledger's last time stamp in one write batch.
+//! **Invariant:** the `ledger` column family holds, for each shard, exactly the accounts, debit
+//! records and grant records of the in-memory ledger at the persisted `last_applied`: every
+//! `apply` call writes the keys its commands changed together with `last_applied`,
+//! `last_membership` and the ledger's last time stamp in one write batch.
 //! **Invariant:** a snapshot install replaces the shard's whole `ledger` range, its applied state
 //! and its current snapshot in one fsynced write batch: a half-installed snapshot never survives
 //! a crash.
@@ -20,7 +20,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use ledger_core::{Account, ChangeSet, DebitRecord, Ledger};
+use ledger_core::{Account, ChangeSet, DebitRecord, GrantRecord, Ledger};
 use ledger_raft::{
     BatchOutcome, Entry, LedgerLogId, LedgerMembership, LedgerNode, NodeId, ShardId, ShardState,
     SharedShardState, TypeConfig,
@@ -40,9 +40,10 @@ type RaftStorageError = openraft::StorageError<NodeId>;
 type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
 
 /// Version of the snapshot payload encoding; a follower refuses a payload of another version.
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version 2 added `grant_records`.
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
-/// What the `ledger` column family records besides accounts and debit records.
+/// What the `ledger` column family records besides accounts, debit records and grant records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AppliedState {
     pub(crate) last_applied: Option<LedgerLogId>,
@@ -50,19 +51,21 @@ pub(crate) struct AppliedState {
     pub(crate) last_timestamp_ms: u64,
 }
 
-/// The bytes of a snapshot: a shard's whole applied state.
+/// The bytes of a snapshot after its format version (a bincode `u32` first): a shard's whole
+/// applied state.
 #[derive(Debug, Deserialize)]
 struct SnapshotPayload {
-    format_version: u32,
     last_applied: Option<LedgerLogId>,
     last_membership: LedgerMembership,
     last_timestamp_ms: u64,
     accounts: Vec<Account>,
     debit_records: Vec<((String, String), DebitRecord)>,
+    grant_records: Vec<((String, String), GrantRecord)>,
 }
 
-/// The encoding side of `SnapshotPayload`, borrowing from the ledger (same fields, same order,
-/// hence the same bincode bytes).
+/// The encoding side of a snapshot, borrowing from the ledger: the format version, then the
+/// fields of `SnapshotPayload` in the same order (bincode writes a struct as its fields in
+/// sequence, so these are the bytes of the version followed by a `SnapshotPayload`).
 #[derive(Serialize)]
 struct SnapshotPayloadRef<'a> {
     format_version: u32,
@@ -71,6 +74,7 @@ struct SnapshotPayloadRef<'a> {
     last_timestamp_ms: u64,
     accounts: Vec<&'a Account>,
     debit_records: Vec<(&'a (String, String), &'a DebitRecord)>,
+    grant_records: Vec<(&'a (String, String), &'a GrantRecord)>,
 }
 
 /// The stored metadata of the current snapshot of a shard.
@@ -280,8 +284,8 @@ fn apply_entries(
         .collect()
 }
 
-/// One write batch with every account and debit record named by `changes`, as they are in
-/// `state` now, and the applied state.
+/// One write batch with every account, debit record and grant record named by `changes`, as
+/// they are in `state` now, and the applied state.
 fn encode_changes(
     shard: &ShardHandle,
     state: &ShardState,
@@ -301,6 +305,13 @@ fn encode_changes(
         let key = debit_record_key(shard_id, account_id, idempotency_key);
         match state.ledger.debit_record(account_id, idempotency_key) {
             Some(record) => batch.put_cf(family, key, encode(record, "debit record", shard_id)?),
+            None => batch.delete_cf(family, key),
+        }
+    }
+    for (account_id, grant_id) in &changes.grant_records {
+        let key = grant_record_key(shard_id, account_id, grant_id);
+        match state.ledger.grant_record(account_id, grant_id) {
+            Some(record) => batch.put_cf(family, key, encode(record, "grant record", shard_id)?),
             None => batch.delete_cf(family, key),
         }
     }
@@ -385,6 +396,7 @@ fn encode_snapshot_payload(shard: ShardId, state: &ShardState) -> Result<Vec<u8>
         last_timestamp_ms: state.ledger.last_timestamp_ms(),
         accounts: state.ledger.accounts().collect(),
         debit_records: state.ledger.debit_records().collect(),
+        grant_records: state.ledger.grant_records().collect(),
     };
     encode(&payload, "snapshot", shard)
 }
@@ -428,17 +440,19 @@ fn install_snapshot_blocking(
     data: Vec<u8>,
 ) -> Result<(), StorageError> {
     let shard_id = shard.shard;
-    let payload: SnapshotPayload = decode(&data, "snapshot", shard_id)?;
-    if payload.format_version != SNAPSHOT_FORMAT_VERSION {
+    // The version is the payload's first field: read it alone first, so that a payload of
+    // another version is refused as such rather than as undecodable bytes.
+    let (format_version, payload_start) = decode_format_version(&data, shard_id)?;
+    if format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(StorageError::Corrupt {
             what: "snapshot",
             shard: shard_id,
             detail: format!(
-                "format version {} (this node reads {SNAPSHOT_FORMAT_VERSION})",
-                payload.format_version
+                "format version {format_version} (this node reads {SNAPSHOT_FORMAT_VERSION})"
             ),
         });
     }
+    let payload: SnapshotPayload = decode(&data[payload_start..], "snapshot", shard_id)?;
     if payload.last_applied != meta.last_log_id || payload.last_membership != meta.last_membership {
         return Err(StorageError::Corrupt {
             what: "snapshot",
@@ -468,6 +482,13 @@ fn install_snapshot_blocking(
             encode(record, "debit record", shard_id)?,
         );
     }
+    for ((account_id, grant_id), record) in &payload.grant_records {
+        batch.put_cf(
+            ledger_family,
+            grant_record_key(shard_id, account_id, grant_id),
+            encode(record, "grant record", shard_id)?,
+        );
+    }
     let applied_state = AppliedState {
         last_applied: meta.last_log_id,
         last_membership: meta.last_membership.clone(),
@@ -494,6 +515,7 @@ fn install_snapshot_blocking(
     let ledger = Ledger::restore(
         payload.accounts,
         payload.debit_records,
+        payload.grant_records,
         payload.last_timestamp_ms,
     );
     *state.write() = ShardState {
@@ -503,6 +525,18 @@ fn install_snapshot_blocking(
     };
     tracing::info!(shard = shard_id, snapshot = %meta, "snapshot installed");
     Ok(())
+}
+
+/// The format version at the start of a snapshot's bytes, whatever version the rest is, and
+/// where the rest starts.
+fn decode_format_version(data: &[u8], shard: ShardId) -> Result<(u32, usize), StorageError> {
+    bincode::serde::decode_from_slice::<u32, _>(data, bincode::config::standard()).map_err(
+        |source| StorageError::Decode {
+            what: "snapshot format version",
+            shard,
+            source,
+        },
+    )
 }
 
 fn read_snapshot_meta(shard: &ShardHandle) -> Result<Option<StoredSnapshotMeta>, StorageError> {

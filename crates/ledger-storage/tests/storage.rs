@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use common::*;
 use ledger_core::Ledger;
-use ledger_raft::{BatchOutcome, Entry, LedgerMembership, ShardId, ShardState};
+use ledger_raft::{BatchOutcome, Entry, LedgerBatch, LedgerMembership, ShardId, ShardState};
 use ledger_storage::{LogStore, NodeStorage, StateMachineStore, StorageError};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote};
@@ -123,6 +123,21 @@ async fn restart_recovers_ledger_applied_state_membership_vote_and_log() -> anyh
         .map(|entry| entry.log_id.index)
         .collect();
     assert_eq!(indexes, (11..=30).collect::<Vec<u64>>());
+
+    // Every grant decided as rejected before the restart is still rejected after it: a retry
+    // is that rejection, replayed, and never a new decision (a grant to an account created
+    // since, say).
+    let (retries, expected) = grant_rejection_retries(&model);
+    let batch = LedgerBatch {
+        timestamp_ms: 2_000_000,
+        commands: retries,
+    };
+    let outcomes = state_machine.apply([batch_entry(2, 61, batch)]).await?;
+    assert_eq!(
+        outcomes,
+        vec![BatchOutcome { outcomes: expected }],
+        "retries of rejected grants after the restart"
+    );
     Ok(())
 }
 
@@ -187,6 +202,10 @@ async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> any
         stale_model.accounts().next().is_some(),
         "the stale shard holds accounts"
     );
+    ensure!(
+        stale_model.grant_records().next().is_some(),
+        "the stale shard holds grant records"
+    );
 
     {
         let (_log, mut machine, state) = open_shard_stores(&follower_storage, shard)?;
@@ -217,6 +236,15 @@ async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> any
         for stale_account in stale_model.accounts() {
             assert!(restored.ledger.account(&stale_account.account_id).is_none());
         }
+        for ((account_id, grant_id), _) in stale_model.grant_records() {
+            assert!(restored.ledger.grant_record(account_id, grant_id).is_none());
+        }
+        for ((account_id, grant_id), record) in leader_model.grant_records() {
+            assert_eq!(
+                restored.ledger.grant_record(account_id, grant_id),
+                Some(record)
+            );
+        }
     }
     assert_eq!(
         machine.applied_state().await?,
@@ -231,6 +259,44 @@ async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> any
         neighbour_model,
         "the neighbour shard is untouched"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_snapshot_of_another_format_version_is_refused_and_changes_nothing() -> anyhow::Result<()>
+{
+    let seed = test_seed("a_snapshot_of_another_format_version_is_refused_and_changes_nothing");
+    let directory = TempDir::new()?;
+    let storage = NodeStorage::open(directory.path())?;
+    let (_leader_log, mut leader, _leader_state) = open_shard_stores(&storage, 1)?;
+    let mut leader_model = Ledger::new();
+    let mut generator = CommandGenerator::new(seed, "acct");
+    apply_random_entries(&mut leader, &mut leader_model, &mut generator, 1, 10).await?;
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await?;
+
+    let (_log, mut follower, follower_state) = open_shard_stores(&storage, 2)?;
+    let mut follower_model = Ledger::new();
+    let mut other = CommandGenerator::new(seed ^ 1, "other");
+    apply_random_entries(&mut follower, &mut follower_model, &mut other, 1, 10).await?;
+    let applied_before = follower.applied_state().await?;
+
+    // The version is the first byte (bincode writes a small u32 as one byte): make it 1, the
+    // version before grant records existed.
+    let mut data = snapshot.snapshot.into_inner();
+    ensure!(data.first() == Some(&2), "the current format version is 2");
+    data[0] = 1;
+    let mut receiving = follower.begin_receiving_snapshot().await?;
+    *receiving = std::io::Cursor::new(data);
+    let refused = follower.install_snapshot(&snapshot.meta, receiving).await;
+    let error = refused
+        .err()
+        .context("a snapshot of version 1 is refused")?;
+    ensure!(
+        error.to_string().contains("format version 1"),
+        "refused for its version: {error}"
+    );
+    assert_eq!(follower_state.read().ledger, follower_model);
+    assert_eq!(follower.applied_state().await?, applied_before);
     Ok(())
 }
 

@@ -10,18 +10,21 @@
 //!     12  debit   alice k1 30                              => debited amount=30 available=70 replayed
 //!     13  view    alice                                    => available=70 consumed=30 expired=0 grants=g1:70
 //!     13  record  alice k1                                 => debited amount=30 available=70
+//!     14  grant   ghost g1 5                               => account_not_found
+//!     14  grant_record ghost g1                            => account_not_found
 //! ```
 //!
 //! Commands: `create ACCOUNT [overdraft=N]`, `grant ACCOUNT GRANT AMOUNT [priority=N]
 //! [source=NAME] [effective=T] [expires=T]`, `debit ACCOUNT KEY AMOUNT`. Checks that apply
-//! nothing: `view ACCOUNT` (the account at that time) and `record ACCOUNT KEY` (the decided
-//! outcome of a debit key).
+//! nothing: `view ACCOUNT` (the account at that time), `record ACCOUNT KEY` (the decided
+//! outcome of a debit key) and `grant_record ACCOUNT GRANT` (the recorded rejection of a grant
+//! id).
 //!
 //! Expected outcomes: `account_created`, `account_exists`, `granted`, `debited amount=N
 //! available=N`, or a rejection code; `replayed` when the outcome must be a replay. For `view`:
 //! any of `available=`, `consumed=`, `expired=`, `overdraft=`, `grants=ID:REMAINING,...` (in
 //! draw-down order, `-` for none), or `none`. For `record`: an outcome without `replayed`, or
-//! `none`.
+//! `none`. For `grant_record`: a rejection code, or `none`.
 //!
 //! Values: decimal numbers (with `_`), `amount_max`, `i64_max`, `u64_max`, each optionally `+N`
 //! or `-N`. Identifiers: as written, `""` for the empty one, `C*N` for N times the character C.
@@ -52,6 +55,7 @@ pub fn run_table(table: &str) {
         match verb {
             "view" => check_view(&ledger, &arguments, timestamp_ms, &expected, &context),
             "record" => check_record(&ledger, &arguments, &expected, &context),
+            "grant_record" => check_grant_record(&ledger, &arguments, &expected, &context),
             _ => {
                 let command = parse_command(verb, &arguments, &context);
                 let mut changes = Default::default();
@@ -260,6 +264,31 @@ fn check_record(
         "{}",
         context()
     );
+}
+
+fn check_grant_record(
+    ledger: &Ledger,
+    arguments: &[&str],
+    expected: &[&str],
+    context: &dyn Fn() -> String,
+) {
+    let [account_id, grant_id] = arguments else {
+        panic!(
+            "{}: grant_record takes an account and a grant id",
+            context()
+        );
+    };
+    let record = ledger.grant_record(&parse_identifier(account_id), &parse_identifier(grant_id));
+    match expected {
+        ["none"] => assert_eq!(record, None, "{}", context()),
+        [code] => {
+            let wanted = Rejection::from_code(code)
+                .unwrap_or_else(|| panic!("{}: unknown rejection {code}", context()));
+            let record = record.unwrap_or_else(|| panic!("{}: no grant record", context()));
+            assert_eq!(record.rejection, wanted, "{}", context());
+        }
+        _ => panic!("{}: expected a rejection code or none", context()),
+    }
 }
 
 /// Splits `key=value` words from the others, keeping their order.

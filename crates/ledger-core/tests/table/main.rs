@@ -100,6 +100,10 @@ tables! {
         25 view   a                                  => available=0 expired=10 grants=-
         # A view asks, it does not apply: the ledger is still at 20.
         20 grant  a e8 5 expires=21                  => granted
+        # Past expiries depend on time and are recorded; the others on the command alone.
+        20 grant_record a e1                         => none
+        20 grant_record a e5                         => invalid_expiry
+        20 grant  a e5 5 effective=5 expires=15      => invalid_expiry replayed
     ";
 
     grant_replay_and_conflict => "
@@ -136,12 +140,65 @@ tables! {
         30 grant  a later 100 effective=31       => grant_conflict
     ";
 
-    grant_to_a_missing_account_is_not_recorded => "
-        # Only debit keys record rejections; a grant id is decided when it is accepted.
-        10 grant  ghost g1 5   => account_not_found
-        11 create ghost        => account_created
-        12 grant  ghost g1 5   => granted
-        12 view   ghost        => available=5
+    grant_to_a_missing_account_is_recorded => "
+        # The answer depends on state, so it is decided once: a retry after the account was
+        # created is still rejected, and says it is a replay; the grant never applies.
+        10 grant  ghost g1 5                   => account_not_found
+        10 grant_record ghost g1               => account_not_found
+        11 grant  ghost g1 5                   => account_not_found replayed
+        11 grant  ghost g1 6                   => grant_conflict
+        12 create ghost                        => account_created
+        13 grant  ghost g1 5                   => account_not_found replayed
+        # Decided without effective_at, at 10: naming 10 is the same request, as for a grant
+        # that was accepted.
+        13 grant  ghost g1 5 effective=10      => account_not_found replayed
+        13 grant  ghost g1 5 effective=13      => grant_conflict
+        13 grant  ghost g1 5 priority=10       => grant_conflict
+        13 grant  ghost g1 5 source=promo      => grant_conflict
+        13 grant  ghost g1 5 expires=100       => grant_conflict
+        13 grant_record ghost g1               => account_not_found
+        13 view   ghost                        => available=0 grants=-
+        # Other grant ids are decided on their own, and grant ids are per account.
+        13 grant  ghost g2 5                   => granted
+        13 grant_record ghost g2               => none
+        13 view   ghost                        => available=5 grants=g2:5
+        14 grant  nobody g1 5                  => account_not_found
+        14 grant_record nobody g1              => account_not_found
+        14 grant  nobody g1 5                  => account_not_found replayed
+    ";
+
+    grant_checks_of_the_command_record_nothing => "
+        # Their answer depends on the command alone: a retry fails the same way without a
+        # record, and a corrected request may still use the grant id.
+        10 create a                                     => account_created
+        11 grant  a g1 0                                => invalid_amount
+        11 grant  a g1 5 priority=101                   => invalid_priority
+        11 grant  a g1 5 effective=30 expires=30        => invalid_expiry
+        11 grant  missing g1 0                          => invalid_amount
+        11 grant  missing g1 5 effective=30 expires=20  => invalid_expiry
+        11 grant_record a g1                            => none
+        11 grant_record missing g1                      => none
+        12 grant  a g1 5                                => granted
+        12 grant_record a g1                            => none
+        12 view   a                                     => available=5 grants=g1:5
+        12 grant  missing g1 5                          => account_not_found
+        12 grant  missing g1 5                          => account_not_found replayed
+    ";
+
+    grant_with_an_expiry_already_past_is_recorded => "
+        # Already past depends on time: the same request applied earlier would have been granted.
+        10 create a                                     => account_created
+        20 grant  a e1 5 expires=20                     => invalid_expiry
+        20 grant_record a e1                            => invalid_expiry
+        21 grant  a e1 5 expires=20                     => invalid_expiry replayed
+        # Rejected once, rejected forever: a corrected expiry needs another grant id.
+        21 grant  a e1 5 expires=30                     => grant_conflict
+        21 grant  a e2 5 expires=30                     => granted
+        21 grant  a e3 5 effective=5 expires=15         => invalid_expiry
+        21 grant  a e3 5 effective=5 expires=15         => invalid_expiry replayed
+        21 grant  a e3 5 expires=15                     => invalid_expiry replayed
+        21 grant_record a e3                            => invalid_expiry
+        21 view   a                                     => available=5 expired=0 grants=e2:5
     ";
 
     debit_replay_and_conflict => "
@@ -333,6 +390,7 @@ tables! {
         100 grant  a g1 10 expires=150     => granted
         # Stamped 50 but applied at 100, the last applied stamp.
         50  grant  a g2 10 expires=90      => invalid_expiry
+        50  grant  a g2 10 expires=90      => invalid_expiry replayed
         50  grant  a g3 10                 => granted
         50  grant  a g3 10 effective=100   => granted replayed
         50  grant  a g3 10 effective=50    => grant_conflict
@@ -354,8 +412,12 @@ tables! {
         10 grant  a g8 amount_max                       => granted
         10 grant  a g9 amount_max                       => granted
         10 grant  a g10 amount_max                      => amount_overflow
-        10 grant  a g10 223_372_036_854_775_807         => granted
-        10 grant  a g11 1                               => amount_overflow
+        10 grant  a g10 amount_max                      => amount_overflow replayed
+        10 grant_record a g10                           => amount_overflow
+        # The rejection of g10 is decided: a smaller amount that fits needs another grant id.
+        10 grant  a g10 223_372_036_854_775_807         => grant_conflict
+        10 grant  a g11 223_372_036_854_775_807         => granted
+        10 grant  a g12 1                               => amount_overflow
         10 view   a                                     => available=i64_max
         11 debit  a k1 amount_max                       => debited amount=amount_max available=i64_max-1_000_000_000_000_000_000
         11 debit  a k2 amount_max                       => debited amount=amount_max available=i64_max-2_000_000_000_000_000_000

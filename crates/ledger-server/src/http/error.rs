@@ -106,13 +106,15 @@ fn rejection_message(rejection: Rejection, subject: &str) -> String {
         Rejection::InvalidIdentifier => format!("{subject}: an identifier is not valid"),
         Rejection::InvalidAmount => format!("{subject}: amount must be a positive integer"),
         Rejection::InvalidPriority => format!("{subject}: priority must be between 0 and 100"),
-        Rejection::InvalidExpiry => format!("{subject}: expires_at must be after effective_at"),
+        Rejection::InvalidExpiry => {
+            format!("{subject}: expires_at must be after effective_at and in the future")
+        }
         Rejection::AccountNotFound => format!("{subject}: account not found"),
         Rejection::AccountConflict => {
             format!("{subject}: the account exists with different parameters")
         }
         Rejection::GrantConflict => {
-            format!("{subject}: the grant id exists with different parameters")
+            format!("{subject}: the grant id was already used with different parameters")
         }
         Rejection::IdempotencyConflict => {
             format!("{subject}: the idempotency key was used for a different request")

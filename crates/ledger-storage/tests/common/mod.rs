@@ -51,12 +51,18 @@ pub fn test_seed(test_name: &str) -> u64 {
 }
 
 /// Random ledger commands over a few accounts, with the conflicts and replays that exercise
-/// every kind of stored key (accounts, grants, accepted and rejected debit records).
+/// every kind of stored key (accounts, grants, accepted and rejected debit records, grant
+/// records).
 pub struct CommandGenerator {
     random: StdRng,
     account_prefix: String,
     next_key: u64,
+    /// The latest commands, for retries.
+    recent: Vec<Command>,
 }
+
+/// How many of the latest commands a retry chooses from.
+const RECENT_COMMANDS: usize = 8;
 
 impl CommandGenerator {
     pub fn new(seed: u64, account_prefix: &str) -> CommandGenerator {
@@ -64,11 +70,37 @@ impl CommandGenerator {
             random: StdRng::seed_from_u64(seed),
             account_prefix: account_prefix.to_owned(),
             next_key: 0,
+            recent: Vec::new(),
         }
     }
 
+    /// Grants and debits name, now and then, an account that no command creates, so that
+    /// rejections for a missing account are decided and stored. The very first command is such
+    /// a grant, so that every stream holds at least one grant record. One command in ten is a
+    /// client's retry of one of the latest commands, unchanged.
     pub fn command(&mut self) -> Command {
+        let command = match self.recent.len() {
+            0 => self.grant(self.missing_account_id()),
+            sent if self.random.gen_bool(0.1) => {
+                let first = sent.saturating_sub(RECENT_COMMANDS);
+                self.recent[self.random.gen_range(first..sent)].clone()
+            }
+            _ => self.fresh_command(),
+        };
+        self.recent.push(command.clone());
+        if self.recent.len() > 2 * RECENT_COMMANDS {
+            self.recent.drain(..RECENT_COMMANDS);
+        }
+        command
+    }
+
+    fn fresh_command(&mut self) -> Command {
         let account_id = format!("{}-{}", self.account_prefix, self.random.gen_range(0..5));
+        let target_id = if self.random.gen_bool(1.0 / 6.0) {
+            self.missing_account_id()
+        } else {
+            account_id.clone()
+        };
         let fresh_key = self.random.gen_bool(0.8) || self.next_key == 0;
         if fresh_key {
             self.next_key += 1;
@@ -79,24 +111,32 @@ impl CommandGenerator {
                 account_id,
                 overdraft_limit: self.random.gen_range(0..3) * 50,
             },
-            2..=4 => Command::Grant(GrantCommand {
-                account_id,
-                grant_id: format!("g{}", self.next_key),
-                amount: self.random.gen_range(1..500),
-                source: GrantSource::Purchase,
-                priority: self.random.gen_range(0..=100),
-                effective_at_ms: None,
-                expires_at_ms: self
-                    .random
-                    .gen_bool(0.3)
-                    .then(|| 1_000_000 + self.random.gen_range(1..20_000)),
-            }),
+            2..=4 => self.grant(target_id),
             _ => Command::Debit {
-                account_id,
+                account_id: target_id,
                 idempotency_key: key,
                 amount: self.random.gen_range(1..200),
             },
         }
+    }
+
+    fn grant(&mut self, account_id: String) -> Command {
+        Command::Grant(GrantCommand {
+            account_id,
+            grant_id: format!("g{}", self.next_key),
+            amount: self.random.gen_range(1..500),
+            source: GrantSource::Purchase,
+            priority: self.random.gen_range(0..=100),
+            effective_at_ms: None,
+            expires_at_ms: self
+                .random
+                .gen_bool(0.3)
+                .then(|| 1_000_000 + self.random.gen_range(1..20_000)),
+        })
+    }
+
+    fn missing_account_id(&self) -> String {
+        format!("{}-never-created", self.account_prefix)
     }
 
     pub fn batch(&mut self, timestamp_ms: u64) -> LedgerBatch {
@@ -118,9 +158,9 @@ pub fn model_apply(model: &mut Ledger, batch: &LedgerBatch) -> Vec<Outcome> {
         .collect()
 }
 
-/// Fails unless the model holds what a storage test must round-trip: accounts with grants, and
-/// both accepted and rejected debit decisions. Guards the random tests against passing on an
-/// empty ledger.
+/// Fails unless the model holds what a storage test must round-trip: accounts with grants, both
+/// accepted and rejected debit decisions, and recorded grant rejections. Guards the random tests
+/// against passing on an empty ledger.
 pub fn assert_model_is_rich(model: &Ledger) {
     assert!(
         model.accounts().any(|account| !account.grants.is_empty()),
@@ -138,4 +178,35 @@ pub fn assert_model_is_rich(model: &Ledger) {
             .any(|(_, record)| record.result.is_err()),
         "no rejected debit"
     );
+    assert!(
+        model.grant_records().next().is_some(),
+        "no recorded grant rejection"
+    );
+}
+
+/// A retry of every recorded grant rejection of `model`, with the outcome it must get: the
+/// recorded rejection, as a replay. The expectation is read from the model's records, so a
+/// store that lost a record answers otherwise. The retries leave `effective_at` out, which
+/// matches whatever instant the first request named (naming the decision's stamp instead would
+/// make a request whose expiry was already past fail the checks of the command alone).
+pub fn grant_rejection_retries(model: &Ledger) -> (Vec<Command>, Vec<Outcome>) {
+    model
+        .grant_records()
+        .map(|((account_id, grant_id), record)| {
+            let retry = Command::Grant(GrantCommand {
+                account_id: account_id.clone(),
+                grant_id: grant_id.clone(),
+                amount: record.amount,
+                source: record.source,
+                priority: record.priority,
+                effective_at_ms: None,
+                expires_at_ms: record.expires_at_ms,
+            });
+            let outcome = Outcome {
+                result: Err(record.rejection),
+                replayed: true,
+            };
+            (retry, outcome)
+        })
+        .unzip()
 }
