@@ -24,7 +24,7 @@ use rocksdb::{Direction, WriteBatch};
 use crate::codec::{decode, encode};
 use crate::error::StorageError;
 use crate::keys::*;
-use crate::node::{run_blocking, Durability, ShardHandle};
+use crate::node::{run_blocking, run_inline, Durability, ShardHandle};
 
 type RaftStorageError = openraft::StorageError<NodeId>;
 
@@ -185,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let last_log_id = entries.last().map(|entry| entry.log_id);
         let shard = Arc::clone(&self.shard);
-        run_blocking(self.shard.shard, move || {
+        run_inline(move || {
             let family = shard.node.cf(CF_RAFT_LOG);
             let mut batch = WriteBatch::default();
             for entry in &entries {
@@ -207,7 +207,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             shard.node.syncer_shared.enqueue(callback);
             Ok(())
         })
-        .await
         .map_err(|error| {
             RaftStorageError::from(match last_log_id {
                 Some(log_id) => StorageIOError::write_log_entry(log_id, &error),
@@ -309,8 +308,7 @@ async fn read_entries<RB: RangeBounds<u64>>(
         return Ok(Vec::new());
     }
     let shard = Arc::clone(shard);
-    let shard_id = shard.shard;
-    run_blocking(shard_id, move || {
+    run_inline(move || {
         let start_key = log_key(shard.shard, start);
         let end_key = match end {
             Some(end) => log_key(shard.shard, end),
@@ -338,6 +336,5 @@ async fn read_entries<RB: RangeBounds<u64>>(
         )?;
         Ok(entries)
     })
-    .await
     .map_err(|error| StorageIOError::read_log_at_index(start, &error).into())
 }

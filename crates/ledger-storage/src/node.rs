@@ -245,8 +245,23 @@ impl NodeInner {
     }
 }
 
-/// Runs a blocking storage operation on tokio's blocking pool, so that RocksDB writes, fsyncs and
-/// scans never stall the async worker threads that drive the Raft groups and the network.
+/// Runs a small, bounded storage operation on the calling task: an unsynced write batch of one
+/// apply or append, or a read of recent log entries. These take microseconds (a memtable insert
+/// and a buffered WAL write; reads of entries just written hit the memtable), and handing them
+/// to the blocking pool cost more in thread hand-offs than the work itself (see
+/// benches/RESULTS.md). What can take long — fsyncs, snapshot builds and installs, scans of a
+/// whole shard — stays on the blocking pool (`run_blocking`). A RocksDB write stall would block
+/// the calling worker; the node then slows down as a whole, which is the back pressure wanted.
+pub(crate) fn run_inline<T, F>(operation: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError>,
+{
+    operation()
+}
+
+/// Runs a blocking storage operation on tokio's blocking pool, so that fsyncs, snapshots and
+/// scans of a whole shard never stall the async worker threads that drive the Raft groups and
+/// the network.
 pub(crate) async fn run_blocking<T, F>(shard: ShardId, operation: F) -> Result<T, StorageError>
 where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,

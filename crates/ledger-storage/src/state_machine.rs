@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::error::StorageError;
 use crate::keys::*;
-use crate::node::{run_blocking, Durability, ShardHandle};
+use crate::node::{run_blocking, run_inline, Durability, ShardHandle};
 
 type RaftStorageError = openraft::StorageError<NodeId>;
 type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
@@ -171,11 +171,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let shard = Arc::clone(&self.shard);
         let state = Arc::clone(&self.state);
-        run_blocking(self.shard.shard, move || {
-            apply_and_persist(&shard, &state, entries)
-        })
-        .await
-        .map_err(|error| StorageIOError::apply(last_log_id, &error).into())
+        run_inline(move || apply_and_persist(&shard, &state, entries))
+            .map_err(|error| StorageIOError::apply(last_log_id, &error).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> ShardSnapshotBuilder {
