@@ -7,10 +7,12 @@
 //! **Invariant:** the log has no holes: entries are written in index order, truncation deletes a
 //! suffix and purging a prefix, each in one atomic write batch.
 //!
-//! Blocking choice: every RocksDB write (including the unsynced ones, which can still stall when
-//! RocksDB throttles writes) and every range read runs on tokio's blocking pool. Point reads of
-//! the vote and the committed log id, read once when a Raft group starts, run inline. The log
-//! state is kept in memory, so `get_log_state` does no I/O.
+//! Blocking choice: appends (one unsynced write batch) and reads of log entries run inline on
+//! the calling task, because they take microseconds and a hand-off to the blocking pool cost more
+//! than the work (measured in benches/RESULTS.md); the vote (fsynced), truncation and purging
+//! run on tokio's blocking pool. Point reads of the vote and the committed log id, read once when
+//! a Raft group starts, run inline. The log state is kept in memory, so `get_log_state` does no
+//! I/O.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
