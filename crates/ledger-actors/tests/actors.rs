@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime, SubmitError};
 use ledger_core::{Accepted, Command, Outcome};
-use ledger_raft::proposer::{manual_proposer, ProposeError};
+use ledger_raft::proposer::{manual_proposer, ProposeError, ProposerHandle};
 
 fn debit(account_id: &str, key: usize) -> Command {
     Command::Debit {
@@ -29,6 +29,13 @@ fn accepted(amount: u64) -> Outcome {
 }
 
 type Submission = Pin<Box<dyn Future<Output = Result<Outcome, SubmitError>> + Send>>;
+
+/// A submission of `command` through `actors`, not started yet.
+fn submission(actors: &AccountActors, proposer: &ProposerHandle, command: Command) -> Submission {
+    let actors = actors.clone();
+    let proposer = proposer.clone();
+    Box::pin(async move { actors.submit(&proposer, command).await })
+}
 
 /// Polls each submission once, in order: that hands each command to its actor's mailbox in this
 /// order without waiting for any outcome.
@@ -91,11 +98,7 @@ async fn an_account_beyond_its_in_flight_bound_is_overloaded() {
     let actors = AccountActors::new(&runtime, limits(2, Duration::from_secs(60)));
     let (proposer, mut proposals) = manual_proposer(0, 100);
     let mut submissions: Vec<Submission> = (0..2)
-        .map(|key| {
-            let actors = actors.clone();
-            let proposer = proposer.clone();
-            Box::pin(async move { actors.submit(&proposer, debit("bob", key)).await }) as Submission
-        })
+        .map(|key| submission(&actors, &proposer, debit("bob", key)))
         .collect();
     start_in_order(&mut submissions).await;
     let first = proposals.next().await.expect("first proposal");
@@ -113,11 +116,7 @@ async fn an_account_beyond_its_in_flight_bound_is_overloaded() {
         "an overloaded command is not proposed"
     );
     // Another account is not affected by bob's bound.
-    let mut other: Vec<Submission> = vec![Box::pin({
-        let actors = actors.clone();
-        let proposer = proposer.clone();
-        async move { actors.submit(&proposer, debit("carol", 0)).await }
-    })];
+    let mut other: Vec<Submission> = vec![submission(&actors, &proposer, debit("carol", 0))];
     start_in_order(&mut other).await;
     proposals
         .next()
@@ -132,11 +131,7 @@ async fn an_account_beyond_its_in_flight_bound_is_overloaded() {
     for submission in submissions {
         submission.await.expect("decided");
     }
-    let mut fourth: Vec<Submission> = vec![Box::pin({
-        let actors = actors.clone();
-        let proposer = proposer.clone();
-        async move { actors.submit(&proposer, debit("bob", 3)).await }
-    })];
+    let mut fourth: Vec<Submission> = vec![submission(&actors, &proposer, debit("bob", 3))];
     start_in_order(&mut fourth).await;
     proposals
         .next()
@@ -152,11 +147,7 @@ async fn proposer_errors_reach_the_submitter() {
     let actors = AccountActors::new(&runtime, limits(100, Duration::from_secs(60)));
     let (proposer, mut proposals) = manual_proposer(3, 1);
 
-    let mut not_leader: Vec<Submission> = vec![Box::pin({
-        let actors = actors.clone();
-        let proposer = proposer.clone();
-        async move { actors.submit(&proposer, debit("dave", 0)).await }
-    })];
+    let mut not_leader: Vec<Submission> = vec![submission(&actors, &proposer, debit("dave", 0))];
     start_in_order(&mut not_leader).await;
     let not_leader_error = ProposeError::NotLeader {
         shard: 3,
@@ -173,11 +164,7 @@ async fn proposer_errors_reach_the_submitter() {
     );
 
     // A proposal dropped without an answer (leader lost mid-flight): the outcome is unknown.
-    let mut dropped: Vec<Submission> = vec![Box::pin({
-        let actors = actors.clone();
-        let proposer = proposer.clone();
-        async move { actors.submit(&proposer, debit("dave", 1)).await }
-    })];
+    let mut dropped: Vec<Submission> = vec![submission(&actors, &proposer, debit("dave", 1))];
     start_in_order(&mut dropped).await;
     drop(proposals.next().await.expect("proposal"));
     assert_eq!(
