@@ -37,6 +37,17 @@ fn main() -> anyhow::Result<()> {
         subscriber.init();
     }
 
+    // A panic anywhere (an invariant assertion of the state machine, a corrupt record) means this
+    // node's state can no longer be trusted: log it and stop the whole process instead of letting
+    // the other tasks go on serving. The replicas elsewhere and this node's durable log are the
+    // way back.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(%info, "panic: stopping the node");
+        std::process::abort();
+    }));
+
     let config = match &arguments.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::single_node(),
