@@ -32,10 +32,31 @@ impl Default for GroupTiming {
     }
 }
 
+/// When a shard group compacts its log into a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotSettings {
+    /// Build a snapshot once this many entries (each a batch of commands) were applied since the
+    /// last one. Snapshots serialize the shard's whole state, so not too often.
+    pub entries_since_last: u64,
+    /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches up
+    /// from the log rather than by a snapshot transfer.
+    pub entries_to_keep: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            entries_since_last: 20_000,
+            entries_to_keep: 2_000,
+        }
+    }
+}
+
 /// The openraft config of one shard group.
 pub fn group_config(
     shard_count: u32,
     timing: GroupTiming,
+    snapshots: SnapshotSettings,
 ) -> Result<Arc<Config>, GroupConfigError> {
     let config = Config {
         cluster_name: format!("credit-ledger-{shard_count}-shards"),
@@ -44,11 +65,8 @@ pub fn group_config(
         election_timeout_max: timing.election_timeout_max_ms,
         // An entry already carries thousands of commands; keep replication messages moderate.
         max_payload_entries: 64,
-        // Snapshots serialize the shard's whole state; take one every so many entries (each a
-        // batch of commands) and keep some log behind it so a briefly lagging follower catches up
-        // from the log rather than by snapshot.
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 2_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshots.entries_since_last),
+        max_in_snapshot_log_to_keep: snapshots.entries_to_keep,
         snapshot_max_chunk_size: 4 * 1024 * 1024,
         install_snapshot_timeout: 10_000,
         ..Config::default()

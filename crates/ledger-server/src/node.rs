@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime};
-use ledger_raft::config::{group_config, GroupTiming};
+use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
@@ -45,6 +45,7 @@ pub enum NodeError {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NodeTuning {
     pub timing: GroupTiming,
+    pub snapshots: SnapshotSettings,
     pub proposer: ProposerConfig,
     pub actors: ActorLimits,
 }
@@ -124,12 +125,11 @@ impl RunningNode {
         let replication = config.cluster.replication;
         let transport = RaftTransport::new(config.node_id);
         let registry = Arc::new(ShardRegistry::new());
-        let raft_config = group_config(config.cluster.shards, tuning.timing).map_err(|error| {
-            NodeError::Raft {
+        let raft_config = group_config(config.cluster.shards, tuning.timing, tuning.snapshots)
+            .map_err(|error| NodeError::Raft {
                 shard: 0,
                 message: error.to_string(),
-            }
-        })?;
+            })?;
 
         let mut replicas = HashMap::new();
         for shard in 0..config.cluster.shards {

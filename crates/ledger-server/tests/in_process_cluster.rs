@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use ledger_api::CreateGrantRequest;
 use ledger_client::LedgerClient;
 use ledger_core::shard_for_account;
+use ledger_raft::config::SnapshotSettings;
 use ledger_server::config::{ClusterConfig, ClusterNode};
 use ledger_server::{NodeConfig, NodeTuning, RunningNode};
 use tempfile::TempDir;
@@ -29,6 +30,10 @@ struct TestCluster {
 
 impl TestCluster {
     async fn start(node_count: usize) -> Result<TestCluster> {
+        TestCluster::start_with(node_count, NodeTuning::default()).await
+    }
+
+    async fn start_with(node_count: usize, tuning: NodeTuning) -> Result<TestCluster> {
         let directory = tempfile::tempdir()?;
         let mut entries = Vec::new();
         for id in 1..=node_count as u64 {
@@ -54,9 +59,7 @@ impl TestCluster {
             .collect();
         let mut nodes = Vec::new();
         for config in &configs {
-            nodes.push(Some(
-                RunningNode::start(config.clone(), NodeTuning::default()).await?,
-            ));
+            nodes.push(Some(RunningNode::start(config.clone(), tuning).await?));
         }
         let cluster = TestCluster {
             _directory: directory,
@@ -308,6 +311,97 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
         assert_eq!(decided.amount, Some(7));
     }
     cluster.converged_digests().await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Cuts `isolated` off from every peer, in both directions (the transport's no-root partition).
+fn isolate(cluster: &TestCluster, isolated: u64) {
+    for node in cluster.nodes.iter().flatten() {
+        let me = node.context.node_id();
+        for peer in 1..=cluster.configs.len() as u64 {
+            if peer != me && (me == isolated || peer == isolated) {
+                node.context.transport.faults().block_peer(peer);
+            }
+        }
+    }
+}
+
+fn heal(cluster: &TestCluster) {
+    for node in cluster.nodes.iter().flatten() {
+        node.context.transport.faults().unblock_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()> {
+    // Snapshot every 10 entries and keep no log behind it, so that a follower that misses a few
+    // dozen entries can only catch up through a snapshot transfer.
+    let tuning = NodeTuning {
+        snapshots: SnapshotSettings {
+            entries_since_last: 10,
+            entries_to_keep: 0,
+        },
+        ..NodeTuning::default()
+    };
+    let cluster = TestCluster::start_with(3, tuning).await?;
+    let account = "snapshot-account";
+    let shard = shard_for_account(account, SHARDS);
+    let client = LedgerClient::new(cluster.urls())?;
+    client.create_account(account, Some(100)).await?;
+    client.grant(account, &grant("g", 1_000)).await?;
+
+    let leader = cluster.wait_for_leaders().await?[&shard];
+    let lagging = (1..=3u64)
+        .find(|node| *node != leader)
+        .context("three nodes")?;
+    isolate(&cluster, lagging);
+    let leader_client =
+        LedgerClient::new(vec![format!("http://{}", cluster.node(leader).http_addr)])?;
+    // Sequential debits: one entry each. The last ones overdraw into the overdraft.
+    for key in 0..60u64 {
+        let outcome = leader_client.debit(account, &format!("k{key}"), 18).await?;
+        assert_eq!(outcome.status, "accepted", "{outcome:?}");
+    }
+    let lagging_applied = cluster.node(lagging).context.replicas[&shard]
+        .state
+        .read()
+        .last_applied
+        .map(|log_id| log_id.index);
+    // The leader compacts its log past everything the lagging follower has.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let purged = cluster.node(leader).context.replicas[&shard]
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map(|log_id| log_id.index);
+        if purged > lagging_applied {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("leader never purged past {lagging_applied:?} (purged {purged:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    heal(&cluster);
+    cluster.converged_digests().await?;
+    let lagging_replica = &cluster.node(lagging).context.replicas[&shard];
+    let snapshot = lagging_replica.raft.metrics().borrow().snapshot;
+    assert!(
+        snapshot.map(|log_id| log_id.index) > lagging_applied,
+        "the lagging follower should hold a snapshot past {lagging_applied:?}, has {snapshot:?}"
+    );
+    let view = lagging_replica
+        .state
+        .read()
+        .ledger
+        .view(account, 0)
+        .context("the account reached the follower")?;
+    assert_eq!(view.consumed, 60 * 18);
+    assert_eq!(view.available, 1_000 - 60 * 18);
     cluster.shutdown().await;
     Ok(())
 }
