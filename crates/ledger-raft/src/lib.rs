@@ -3,7 +3,8 @@
 //! One openraft group per shard; the openraft type configuration ([`TypeConfig`]); the
 //! node-to-node transport (one multiplexed TCP connection per peer, length-prefixed bincode
 //! frames tagged with the shard id); the per-shard [`proposer`] that packs many ledger commands
-//! into one Raft entry; the [`placement`] of shard replicas on nodes.
+//! into one Raft entry; batched linearizable [`reads`]; the [`placement`] of shard replicas on
+//! nodes.
 //!
 //! **Boundary:** generic over storage through openraft's `RaftLogStorage`/`RaftStateMachine`
 //! traits; it must never depend on RocksDB, actix, axum or JSON.
@@ -12,6 +13,7 @@ pub mod config;
 pub mod network;
 pub mod placement;
 pub mod proposer;
+pub mod reads;
 pub mod types;
 
 pub use types::*;

@@ -10,6 +10,7 @@ use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
+use ledger_raft::reads::ReadBatcher;
 use ledger_raft::{LedgerNode, LedgerRaft, NodeId, ShardId, SharedShardState};
 use ledger_storage::NodeStorage;
 use tokio::net::TcpListener;
@@ -56,6 +57,7 @@ pub struct ShardReplica {
     pub shard: ShardId,
     pub raft: LedgerRaft,
     pub proposer: ProposerHandle,
+    pub reads: ReadBatcher,
     pub state: SharedShardState,
 }
 
@@ -161,6 +163,7 @@ impl RunningNode {
                 shard,
                 ShardReplica {
                     shard,
+                    reads: ReadBatcher::new(shard, raft.clone()),
                     raft,
                     proposer,
                     state,

@@ -236,6 +236,22 @@ async fn debits_through_any_node_are_decided_once_and_replicas_agree() -> Result
             assert_eq!(view.available, 1_000 - *consumed as i64, "{account}");
         }
     }
+    // Many concurrent reads (they share leadership confirmations): each one still sees every
+    // write acknowledged before it began.
+    let reads = (0..60).map(|index| {
+        let client = clients[index % 3].clone();
+        let account = accounts[index % accounts.len()].clone();
+        async move {
+            client
+                .get_account(&account)
+                .await
+                .map(|view| (account, view))
+        }
+    });
+    for result in futures::future::join_all(reads).await {
+        let (account, view) = result?;
+        assert_eq!(view.consumed, accepted_by_account[&account], "{account}");
+    }
     let digests = cluster.converged_digests().await?;
     assert_eq!(digests.len(), SHARDS as usize);
     cluster.shutdown().await;

@@ -8,8 +8,8 @@ use ledger_actors::SubmitError;
 use ledger_api::codes;
 use ledger_core::{Command, Outcome};
 use ledger_raft::proposer::ProposeError;
+use ledger_raft::reads::ReadError;
 use ledger_raft::{NodeId, ShardId, ShardState};
-use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{ApiError, HOPS_HEADER, HOPS_MAX};
 use crate::node::{NodeContext, ShardReplica};
@@ -129,8 +129,8 @@ pub async fn submit_error_response(
 }
 
 /// Runs `read` on the shard's applied state after confirming leadership with a quorum and
-/// waiting until the state reflects every write committed before the read began (read index):
-/// the read is linearizable.
+/// waiting until the state reflects every write committed before the read began (read index,
+/// one confirmation shared by the reads waiting for it): the read is linearizable.
 pub async fn linearizable_read<T>(
     context: &NodeContext,
     shard: ShardId,
@@ -141,15 +141,13 @@ pub async fn linearizable_read<T>(
         Ok(replica) => replica,
         Err(response) => return Routed::Answered(response),
     };
-    match replica.raft.ensure_linearizable().await {
-        Ok(_) => Routed::Here(read(&replica.state.read())),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward_to))) => {
-            match forward_to.leader_id {
-                Some(leader) if leader != context.node_id() => {
-                    Routed::Answered(forward(context, leader, shard, request).await)
-                }
-                _ => Routed::Answered(no_leader(shard)),
-            }
+    match replica.reads.confirm().await {
+        Ok(()) => Routed::Here(read(&replica.state.read())),
+        Err(ReadError::NotLeader {
+            leader: Some(leader),
+            ..
+        }) if leader != context.node_id() => {
+            Routed::Answered(forward(context, leader, shard, request).await)
         }
         Err(error) => {
             tracing::debug!(shard, %error, "linearizable read failed");
