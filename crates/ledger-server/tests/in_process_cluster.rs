@@ -273,14 +273,7 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
     let leaders = cluster.wait_for_leaders().await?;
     let old_leader = leaders[&shard];
     // Cut the old leader off from both peers, in both directions.
-    for node in cluster.nodes.iter().flatten() {
-        let me = node.context.node_id();
-        for peer in 1..=3u64 {
-            if peer != me && (me == old_leader || peer == old_leader) {
-                node.context.transport.faults().block_peer(peer);
-            }
-        }
-    }
+    isolate(&cluster, old_leader);
     // The majority elects a new leader for the shard.
     let deadline = Instant::now() + DEADLINE;
     let new_leader = loop {
@@ -311,9 +304,7 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
     }
 
     // Heal; the old leader catches up and everything is there exactly once.
-    for node in cluster.nodes.iter().flatten() {
-        node.context.transport.faults().unblock_all();
-    }
+    heal(&cluster);
     let view = client
         .get_account(account)
         .await
