@@ -88,14 +88,7 @@ async fn setup(client: &LedgerClient, arguments: &Arguments) -> Result<()> {
                 }
                 let account = account_name(index);
                 client.create_account(&account, None).await?;
-                let grant = CreateGrantRequest {
-                    grant_id: "loadgen-grant".to_owned(),
-                    amount: 1_000_000_000_000,
-                    source: Some("purchase".to_owned()),
-                    priority: None,
-                    effective_at: None,
-                    expires_at: None,
-                };
+                let grant = CreateGrantRequest::new("loadgen-grant", 1_000_000_000_000, "purchase");
                 client.grant(&account, &grant).await?;
             }
         }));

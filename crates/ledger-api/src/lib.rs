@@ -58,6 +58,21 @@ pub struct CreateGrantRequest {
     pub expires_at: Option<String>,
 }
 
+impl CreateGrantRequest {
+    /// A grant of `amount` credits from `source` with the defaults for everything else
+    /// (priority 50, drawable now, never expires).
+    pub fn new(grant_id: &str, amount: u64, source: &str) -> CreateGrantRequest {
+        CreateGrantRequest {
+            grant_id: grant_id.to_owned(),
+            amount,
+            source: Some(source.to_owned()),
+            priority: None,
+            effective_at: None,
+            expires_at: None,
+        }
+    }
+}
+
 /// Answer of `POST /v1/accounts/{id}/grants`: 201, or 200 with `replayed: true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantResponse {

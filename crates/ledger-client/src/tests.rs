@@ -438,14 +438,7 @@ async fn grant_decodes_new_and_replayed_grants() {
     ])
     .await;
     let client = client_of(&[&node.url], fast_options(3));
-    let request = CreateGrantRequest {
-        grant_id: "g-1".to_owned(),
-        amount: 100,
-        source: Some("promo".to_owned()),
-        priority: None,
-        effective_at: None,
-        expires_at: None,
-    };
+    let request = CreateGrantRequest::new("g-1", 100, "promo");
 
     let first = client.grant("acct-1", &request).await.expect("granted");
     let replay = client.grant("acct-1", &request).await.expect("replayed");

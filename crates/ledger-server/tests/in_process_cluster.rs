@@ -158,14 +158,7 @@ impl TestCluster {
 }
 
 fn grant(grant_id: &str, amount: u64) -> CreateGrantRequest {
-    CreateGrantRequest {
-        grant_id: grant_id.to_owned(),
-        amount,
-        source: Some("purchase".to_owned()),
-        priority: None,
-        effective_at: None,
-        expires_at: None,
-    }
+    CreateGrantRequest::new(grant_id, amount, "purchase")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

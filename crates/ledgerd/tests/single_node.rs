@@ -12,14 +12,7 @@ use ledger_client::{AccountCreated, LedgerClient};
 const SHARDS: u32 = 4;
 
 fn grant_request(grant_id: &str, amount: u64) -> CreateGrantRequest {
-    CreateGrantRequest {
-        grant_id: grant_id.to_owned(),
-        amount,
-        source: Some("purchase".to_owned()),
-        priority: None,
-        effective_at: None,
-        expires_at: None,
-    }
+    CreateGrantRequest::new(grant_id, amount, "purchase")
 }
 
 /// Posts `body` raw and requires the status and error code.
