@@ -1,233 +1,332 @@
-//! Closed-loop load generator: N workers send debits (one per request, or batches) to the
-//! cluster and the run reports debits/s and latency percentiles.
+//! Load generator: one workload against one system (the ledger, PostgreSQL or Redis), closed or
+//! open loop, with a JSON summary and an optional SVG plot. See `benches/README.md`.
 //!
 //! `cargo run --release -p benches --bin loadgen -- --nodes http://127.0.0.1:7001 --duration 15 \
-//!     --accounts 10000 --concurrency 64 --batch 1 --json`
+//!     --accounts 100000 --concurrency 64 --batch 100 --json`
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
+use benches::distribution::AccountDistribution;
+use benches::driver::ledger::{LedgerDriver, LedgerDriverOptions, Route};
+use benches::driver::postgres::PostgresDriver;
+use benches::driver::redis::RedisDriver;
+use benches::driver::Driver;
+use benches::recorder::{Phases, RunDescription};
+use benches::runner::{default_run_id, run, LoadMode, Workload};
+use benches::schedule::OpenLoopSchedule;
+use benches::workload::Mix;
+use benches::Summary;
 use clap::Parser;
-use hdrhistogram::Histogram;
-use ledger_api::{BatchDebitItem, CreateGrantRequest, DebitRequest};
-use ledger_client::{ClientOptions, LedgerClient};
-use rand::{Rng, SeedableRng};
-use serde::Serialize;
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Closed-loop load generator for the Credit Ledger HTTP API")]
+#[command(about = "Load generator for the Credit Ledger and its peers (PostgreSQL, Redis)")]
 struct Arguments {
-    /// Comma-separated node URLs; requests are spread over them.
+    /// System under test: ledger, postgres or redis.
+    #[arg(long, default_value = "ledger")]
+    target: String,
+    /// Ledger: comma-separated node URLs.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
     nodes: Vec<String>,
+    /// Ledger: `leader` sends each request to its shard's leader (batches split by leader);
+    /// `any` spreads requests round-robin and lets the ledger forward.
+    #[arg(long, default_value = "leader")]
+    route: String,
+    /// PostgreSQL connection string.
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=bench dbname=bench"
+    )]
+    postgres: String,
+    /// PostgreSQL: connections in the pool (default: --concurrency in a closed loop, and
+    /// --max-in-flight up to 256 in an open loop, below the server's max_connections of 300 set
+    /// by peers/run.sh; operations beyond it wait for a connection).
+    #[arg(long)]
+    postgres_connections: Option<usize>,
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Redis: multiplexed connections.
+    #[arg(long, default_value_t = 8)]
+    redis_connections: usize,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 15)]
     duration: u64,
-    /// Warm-up seconds, not measured.
+    /// Warm-up seconds, not measured (shown shaded in the plot).
     #[arg(long, default_value_t = 3)]
     warmup: u64,
-    /// Accounts debited (uniformly at random).
+    /// Accounts `loadgen-0` .. `loadgen-{N-1}`.
     #[arg(long, default_value_t = 1000)]
     accounts: u64,
-    /// Concurrent requests in flight.
+    /// Closed loop: concurrent clients. Open loop: ignored (see --max-in-flight).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Debits per request: 1 = `POST /v1/accounts/{id}/debits`, more = `POST /v1/debits/batch`.
+    /// Open loop: operations per second (a batch is one operation). Without it: closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Open loop: most operations outstanding; sends beyond it are dropped and counted.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Debits per debit operation: 1 = one debit per request, more = one batch request.
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Credits per debit.
     #[arg(long, default_value_t = 1)]
     amount: u64,
+    /// Account choice: uniform, zipfian or hot (account loadgen-0 only).
+    #[arg(long, default_value = "uniform")]
+    distribution: String,
+    /// Zipfian exponent (s in 1/rank^s).
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
+    /// Operation mix, e.g. `debit=90,read=10` or `debit=80,reserve=20`.
+    #[arg(long, default_value = "debit=100")]
+    mix: String,
+    /// Reservations: TTL of each hold.
+    #[arg(long, default_value_t = 30_000)]
+    reservation_ttl_ms: u64,
     /// Skip creating and granting the accounts (they exist from an earlier run).
     #[arg(long)]
     skip_setup: bool,
-    /// Seed of the account choice.
+    /// Setup: accounts created concurrently (ledger).
+    #[arg(long, default_value_t = 128)]
+    setup_concurrency: usize,
+    /// Setup: credits granted to every account.
+    #[arg(long, default_value_t = 1_000_000_000_000)]
+    credits: u64,
+    /// Seed of every random choice.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Print the summary as JSON only.
+    /// Ledger: attempts per measured request (1 = no retries: overload shows as errors).
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// Deadline of one request.
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Ledger: how long to wait for every shard to have a leader.
+    #[arg(long, default_value_t = 60_000)]
+    ready_timeout_ms: u64,
+    /// Name of the system in tables (default: the target).
+    #[arg(long)]
+    label: Option<String>,
+    /// Name of the workload in tables (default: derived from the settings).
+    #[arg(long)]
+    workload: Option<String>,
+    /// Print the summary as one line of JSON only.
     #[arg(long)]
     json: bool,
+    /// Also write the summary (JSON) to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Write the plot of throughput and latency over time (SVG) to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
-#[derive(Serialize, Debug)]
-struct Summary {
-    debits_per_sec: f64,
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-    debits_accepted: u64,
-    debits_rejected: u64,
-    errors: u64,
-    duration_s: f64,
-    concurrency: usize,
-    batch: usize,
-    accounts: u64,
-    nodes: usize,
-}
-
-fn account_name(index: u64) -> String {
-    format!("loadgen-{index}")
-}
-
-async fn setup(client: &LedgerClient, arguments: &Arguments) -> Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..arguments.concurrency.min(64) {
-        let client = client.clone();
-        let next = next.clone();
-        let total = arguments.accounts;
-        workers.push(tokio::spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= total {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let account = account_name(index);
-                client.create_account(&account, None).await?;
-                let grant = CreateGrantRequest::new("loadgen-grant", 1_000_000_000_000, "purchase");
-                client.grant(&account, &grant).await?;
-            }
-        }));
+impl Arguments {
+    fn mode(&self) -> Result<LoadMode> {
+        Ok(match self.rate {
+            None => LoadMode::Closed {
+                concurrency: self.concurrency.max(1),
+            },
+            Some(rate) => LoadMode::Open {
+                schedule: OpenLoopSchedule::new(rate)?,
+                max_in_flight: self.max_in_flight.max(1),
+            },
+        })
     }
-    for worker in workers {
-        worker.await??;
-    }
-    Ok(())
-}
 
-#[derive(Default)]
-struct Counters {
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    errors: AtomicU64,
+    fn workload_name(&self) -> String {
+        if let Some(name) = &self.workload {
+            return name.clone();
+        }
+        let load = match self.rate {
+            None => format!("c{}", self.concurrency),
+            Some(rate) => format!("r{rate}"),
+        };
+        let mut name = format!("{load}-batch{}-{}", self.batch, self.distribution);
+        if self.mix != "debit=100" {
+            name.push('-');
+            name.push_str(&self.mix.replace(['=', ','], "_"));
+        }
+        name
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let arguments = Arguments::parse();
-    let client = LedgerClient::with_options(
-        arguments.nodes.clone(),
-        ClientOptions {
-            request_timeout_ms: 10_000,
-            ..ClientOptions::default()
-        },
+    match arguments.target.as_str() {
+        "ledger" => {
+            let route = Route::from_name(&arguments.route)
+                .with_context(|| format!("unknown route {:?}", arguments.route))?;
+            let driver = LedgerDriver::connect(
+                arguments.nodes.clone(),
+                LedgerDriverOptions {
+                    route,
+                    request_timeout_ms: arguments.request_timeout_ms,
+                    attempts: arguments.attempts,
+                    ready_timeout_ms: arguments.ready_timeout_ms,
+                },
+            )
+            .await?;
+            drive(driver, &arguments).await
+        }
+        "postgres" => {
+            let connections = arguments
+                .postgres_connections
+                .unwrap_or(match arguments.mode()? {
+                    LoadMode::Closed { concurrency } => concurrency,
+                    LoadMode::Open { max_in_flight, .. } => max_in_flight.min(256),
+                });
+            let driver = PostgresDriver::connect(&arguments.postgres, connections).await?;
+            drive(driver, &arguments).await
+        }
+        "redis" => {
+            let driver =
+                RedisDriver::connect(&arguments.redis, arguments.redis_connections).await?;
+            drive(driver, &arguments).await
+        }
+        other => bail!("unknown target {other:?} (expected ledger, postgres or redis)"),
+    }
+}
+
+async fn drive<D: Driver>(driver: Arc<D>, arguments: &Arguments) -> Result<()> {
+    let mode = arguments.mode()?;
+    let mix: Mix = arguments.mix.parse()?;
+    let distribution = AccountDistribution::from_name(
+        &arguments.distribution,
+        arguments.accounts,
+        arguments.zipf_exponent,
     )?;
+    if !arguments.json {
+        eprintln!("loadgen: {}", driver.describe());
+    }
     if !arguments.skip_setup {
         let started = Instant::now();
-        setup(&client, &arguments)
-            .await
-            .context("creating accounts")?;
-        if !arguments.json {
-            eprintln!(
-                "setup: {} accounts in {:.1?}",
+        // The hot distribution only touches account 0, but the accounts are the same for every
+        // workload so that one setup serves a whole series of runs.
+        driver
+            .setup(
                 arguments.accounts,
-                started.elapsed()
-            );
-        }
+                arguments.credits,
+                arguments.setup_concurrency,
+            )
+            .await
+            .context("setting up the accounts")?;
+        eprintln!(
+            "loadgen: setup of {} accounts took {:.1?}",
+            arguments.accounts,
+            started.elapsed()
+        );
     }
-    let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stopping = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new(Counters::default());
-    let mut workers = Vec::new();
-    for worker_index in 0..arguments.concurrency {
-        let client = client.clone();
-        let arguments = arguments.clone();
-        let measuring = measuring.clone();
-        let stopping = stopping.clone();
-        let counters = counters.clone();
-        workers.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let mut random =
-                rand::rngs::StdRng::seed_from_u64(arguments.seed ^ worker_index as u64);
-            let mut sequence = 0u64;
-            while !stopping.load(Ordering::Relaxed) {
-                let items: Vec<BatchDebitItem> = (0..arguments.batch)
-                    .map(|_| {
-                        sequence += 1;
-                        BatchDebitItem {
-                            account_id: account_name(random.gen_range(0..arguments.accounts)),
-                            debit: DebitRequest {
-                                idempotency_key: format!("lg-{run_id}-{worker_index}-{sequence}"),
-                                amount: Some(arguments.amount),
-                                feature: None,
-                                quantity: None,
-                            },
-                        }
-                    })
-                    .collect();
-                let started = Instant::now();
-                let (accepted, rejected, errors) = if arguments.batch == 1 {
-                    let item = &items[0];
-                    match client.debit_request(&item.account_id, &item.debit).await {
-                        Ok(outcome) if outcome.status == "accepted" => (1, 0, 0),
-                        Ok(_) => (0, 1, 0),
-                        Err(_) => (0, 0, 1),
-                    }
-                } else {
-                    match client.batch_debits(&items).await {
-                        Ok(response) => {
-                            response
-                                .results
-                                .iter()
-                                .fold((0, 0, 0), |(a, r, e), result| match &result.outcome {
-                                    Some(outcome) if outcome.status == "accepted" => (a + 1, r, e),
-                                    Some(_) => (a, r + 1, e),
-                                    None => (a, r, e + 1),
-                                })
-                        }
-                        Err(_) => (0, 0, items.len() as u64),
-                    }
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    let micros = started.elapsed().as_micros().max(1) as u64;
-                    let _ = histogram.record(micros.min(60_000_000));
-                    counters.accepted.fetch_add(accepted, Ordering::Relaxed);
-                    counters.rejected.fetch_add(rejected, Ordering::Relaxed);
-                    counters.errors.fetch_add(errors, Ordering::Relaxed);
-                }
-            }
-            histogram
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(arguments.warmup)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let measured_from = Instant::now();
-    tokio::time::sleep(Duration::from_secs(arguments.duration)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let measured = measured_from.elapsed().as_secs_f64();
-    stopping.store(true, Ordering::Relaxed);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for worker in workers {
-        histogram.add(worker.await?)?;
-    }
-    let accepted = counters.accepted.load(Ordering::Relaxed);
-    let rejected = counters.rejected.load(Ordering::Relaxed);
-    let summary = Summary {
-        debits_per_sec: (accepted + rejected) as f64 / measured,
-        requests_per_sec: histogram.len() as f64 / measured,
-        p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: histogram.value_at_quantile(0.999) as f64 / 1000.0,
-        max_ms: histogram.max() as f64 / 1000.0,
-        debits_accepted: accepted,
-        debits_rejected: rejected,
-        errors: counters.errors.load(Ordering::Relaxed),
-        duration_s: measured,
-        concurrency: arguments.concurrency,
-        batch: arguments.batch,
-        accounts: arguments.accounts,
-        nodes: arguments.nodes.len(),
+    let workload = Workload {
+        batch: arguments.batch.max(1),
+        amount: arguments.amount,
+        mix: mix.clone(),
+        distribution: Arc::new(distribution.clone()),
+        seed: arguments.seed,
+        reservation_ttl_ms: arguments.reservation_ttl_ms,
+        run_id: default_run_id(),
     };
+    let phases = Phases {
+        warmup: Duration::from_secs(arguments.warmup),
+        duration: Duration::from_secs(arguments.duration.max(1)),
+    };
+    let recorder = run(driver, workload, mode, phases).await;
+    let summary: Summary = recorder.summary(RunDescription {
+        label: arguments
+            .label
+            .clone()
+            .unwrap_or_else(|| arguments.target.clone()),
+        workload: arguments.workload_name(),
+        target: arguments.target.clone(),
+        mode: match mode {
+            LoadMode::Closed { .. } => "closed".to_owned(),
+            LoadMode::Open { .. } => "open".to_owned(),
+        },
+        rate_per_sec: arguments.rate,
+        concurrency: match mode {
+            LoadMode::Closed { concurrency } => concurrency,
+            LoadMode::Open { max_in_flight, .. } => max_in_flight,
+        },
+        batch: arguments.batch.max(1),
+        accounts: arguments.accounts,
+        distribution: distribution.to_string(),
+        mix: mix.to_string(),
+        route: if arguments.target == "ledger" {
+            arguments.route.clone()
+        } else {
+            String::new()
+        },
+        nodes: if arguments.target == "ledger" {
+            arguments.nodes.len()
+        } else {
+            0
+        },
+        seed: arguments.seed,
+    });
+    let json = serde_json::to_string(&summary)?;
+    if let Some(path) = &arguments.output {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &arguments.plot {
+        let title = format!(
+            "{} - {}: {:.0} debits/s, p99 {:.1} ms",
+            summary.run.label, summary.run.workload, summary.debits_per_sec, summary.p99_ms
+        );
+        std::fs::write(path, benches::plot::render_svg(&title, &summary.series))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if arguments.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        println!("{json}");
     } else {
-        println!("{summary:#?}");
+        print_human(&summary);
     }
     Ok(())
+}
+
+fn print_human(summary: &Summary) {
+    println!(
+        "{} {}: {:.0} debits/s, {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        summary.run.label,
+        summary.run.workload,
+        summary.debits_per_sec,
+        summary.requests_per_sec,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary.p999_ms,
+        summary.max_ms
+    );
+    println!(
+        "  debits accepted {}, rejected {} {:?}, errors {} {:?}, dropped {}",
+        summary.debits_accepted,
+        summary.debits_rejected,
+        summary.rejections_by_code,
+        summary.errors,
+        summary.errors_by_kind,
+        summary.dropped
+    );
+    for (kind, latency) in &summary.latency_by_operation {
+        println!(
+            "  {kind}: {} operations, p50 {:.2} ms, p99 {:.2} ms",
+            latency.count, latency.p50_ms, latency.p99_ms
+        );
+    }
+    for point in &summary.series {
+        println!(
+            "  second {:>3}{} {:>8} debits {:>6} ops {:>5} errors {:>5} dropped  p50 {:>8.2} ms  p99 {:>8.2} ms",
+            point.second,
+            if point.warmup { "*" } else { " " },
+            point.debits,
+            point.operations,
+            point.errors,
+            point.dropped,
+            point.p50_ms,
+            point.p99_ms
+        );
+    }
 }

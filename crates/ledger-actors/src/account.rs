@@ -98,18 +98,23 @@ impl AccountActors {
     }
 
     /// Submits `command` to its account's actor (created on demand) and waits for the decided
-    /// outcome. `proposer` is the proposer of the account's shard.
+    /// outcome. `proposer` is the proposer of the account's shard. A shard-level command (no
+    /// account: catalog, tick, event acknowledgement) has no ordering to keep per account and
+    /// goes to the proposer directly.
     pub async fn submit(
         &self,
         proposer: &ProposerHandle,
         command: Command,
     ) -> Result<Outcome, SubmitError> {
+        let Some(account_id) = command.account_id().map(str::to_owned) else {
+            return Ok(proposer.propose_and_wait(command).await?);
+        };
         // An actor that just stopped for idleness may still be in the registry for an instant;
         // its mailbox is then closed and the command was not proposed, so trying again with a
         // fresh actor is safe.
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
-            let address = self.actor_for(command.account_id(), proposer);
+            let address = self.actor_for(&account_id, proposer);
             match address
                 .send(Submit {
                     command: command.clone(),
@@ -118,7 +123,7 @@ impl AccountActors {
             {
                 Ok(result) => return result,
                 Err(MailboxError::Closed) => {
-                    self.registry.forget(command.account_id(), &address);
+                    self.registry.forget(&account_id, &address);
                 }
                 Err(MailboxError::Timeout) => return Err(SubmitError::Stopped),
             }

@@ -7,14 +7,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime, SubmitError};
-use ledger_core::{Accepted, Command, Outcome};
+use ledger_core::{Accepted, Charge, Command, Outcome};
 use ledger_raft::proposer::{manual_proposer, ProposeError, ProposerHandle};
 
 fn debit(account_id: &str, key: usize) -> Command {
     Command::Debit {
         account_id: account_id.to_owned(),
         idempotency_key: format!("key-{key}"),
-        amount: key as u64 + 1,
+        charge: Charge::Credits(key as u64 + 1),
     }
 }
 
@@ -23,6 +23,7 @@ fn accepted(amount: u64) -> Outcome {
         result: Ok(Accepted::Debited {
             amount,
             available: 0,
+            rate_card_version: None,
         }),
         replayed: false,
     }

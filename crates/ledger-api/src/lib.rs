@@ -31,14 +31,85 @@ pub struct GrantView {
 }
 
 /// `GET /v1/accounts/{id}` (linearizable) and the answer of `POST /v1/accounts`.
+///
+/// Conservation: `granted + overage == Σ remaining + reserved + consumed + expired + voided`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountResponse {
     pub account_id: String,
+    /// Credits a debit can draw now (may be negative down to `-overdraft_limit`).
     pub available: i64,
     pub reserved: u64,
     pub consumed: u64,
     pub overdraft_limit: u64,
     pub grants: Vec<GrantView>,
+    /// The journal's running balance: credits in live grants (effective or not yet) minus
+    /// overage.
+    #[serde(default)]
+    pub balance: i64,
+    #[serde(default)]
+    pub granted: u64,
+    #[serde(default)]
+    pub expired: u64,
+    #[serde(default)]
+    pub voided: u64,
+    /// Credits spent beyond the grants, owed (billed in arrears or repaid by later grants).
+    #[serde(default)]
+    pub overage: u64,
+    /// The subscription, spend limits and alert settings, as JSON objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<serde_json::Value>,
+}
+
+/// `POST /v1/accounts/{id}/reservations`: hold `amount` credits for `ttl_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    pub reservation_id: String,
+    pub amount: u64,
+    pub ttl_ms: u64,
+}
+
+/// `POST .../reservations/{rid}/commit`: `amount` (0 allowed), or `feature` and `quantity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u64>,
+}
+
+/// The answer of reserve, commit, release and `GET .../reservations/{rid}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationResponse {
+    pub account_id: String,
+    pub reservation_id: String,
+    /// `active`, `committed`, `released`, `expired` (released by its time to live) or
+    /// `rejected`.
+    pub status: String,
+    /// Credits reserved.
+    pub amount: u64,
+    /// RFC 3339 instant at which an active reservation is released by itself.
+    pub expires_at: String,
+    /// Credits consumed by the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<u64>,
+    /// Credits given back (commit of less than reserved, release, expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<u64>,
+    /// Available credits right after the operation that decided this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_card_version: Option<u64>,
+    /// The rejection code of a rejected reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub replayed: bool,
 }
 
 /// `POST /v1/accounts/{id}/grants`.
@@ -112,6 +183,9 @@ pub struct DebitResponse {
     /// The rejection code (rejected only), e.g. `insufficient_credits`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// The rate card version that priced a feature debit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_card_version: Option<u64>,
     /// True when the key had already been decided and this is that decision again.
     pub replayed: bool,
 }
@@ -220,4 +294,14 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "unavailable";
     pub const NOT_FOUND: &str = "not_found";
     pub const INTERNAL: &str = "internal";
+    pub const UNKNOWN_FIELD: &str = "unknown_field";
+    pub const INVALID_TTL: &str = "invalid_ttl";
+    pub const INVALID_PERIOD: &str = "invalid_period";
+    pub const INVALID_SEATS: &str = "invalid_seats";
+    pub const INVALID_SETTINGS: &str = "invalid_settings";
+    pub const INVALID_CURSOR: &str = "invalid_cursor";
+    pub const INVALID_QUERY: &str = "invalid_query";
+    pub const RESERVATION_NOT_FOUND: &str = "reservation_not_found";
+    pub const PLAN_NOT_FOUND: &str = "plan_not_found";
+    pub const CATALOG_NOT_IN_FORCE: &str = "catalog_not_in_force";
 }

@@ -257,6 +257,7 @@ impl LedgerClient {
                     amount: None,
                     available: None,
                     code: Some(error.code),
+                    rate_card_version: None,
                     replayed: error.replayed.unwrap_or(false),
                 })
             }

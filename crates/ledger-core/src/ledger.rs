@@ -1,32 +1,38 @@
-//! The ledger of one shard: accounts, grants, debit and grant records, and `apply`.
+//! The ledger of one shard: accounts, records, reservations, journals, events, the catalog,
+//! and `apply`.
 //!
 //! **Time.** The only clock is the `timestamp_ms` the leader stamped on the log entry. Effective
 //! time never goes backwards: a command is applied at `max(timestamp_ms, last applied stamp)`.
 //!
-//! **Lazy settlement.** Grants expire and future-effective grants start repaying overage at
-//! instants when no command may be applied. Rather than needing a command at each of those
-//! instants, an account is *settled* before every change and inside every `view`: settlement
-//! replays the instants that passed since the account was last touched, in time order (see
+//! **Lazy settlement.** Grants expire, holds time out, periods reset and future-effective grants
+//! start repaying overage at instants when no command may be applied. An account is *settled*
+//! before every change, by every `Tick` that finds it due, and inside every `view`: settlement
+//! replays the instants that passed since the account was last settled, in time order (see
 //! `Account::settle`). So the state of an account at an instant does not depend on how often it
-//! was touched before.
+//! was touched before, and a `Tick` only makes the journal and the events timely.
 
-use std::borrow::Borrow;
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
+use crate::journal::{EntryKind, Event, JournalEntry};
 use crate::types::*;
 
-/// Totals (`granted`, `consumed`) are kept at most this large, so that every balance fits `i64`.
-const TOTAL_MAX: u64 = i64::MAX as u64;
+/// Most accounts one `Tick` settles, so that one entry's apply stays short; a tick that leaves
+/// accounts due is followed by another.
+pub const TICK_ACCOUNTS_MAX: usize = 1_000;
+
+/// Longest webhook URL and secret, in bytes.
+pub const WEBHOOK_FIELD_LENGTH_MAX: usize = 2_048;
 
 /// The keys an `apply` changed, so that the storage layer can persist exactly those in the same
 /// write batch as `last_applied`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
-    /// Accounts whose state changed (created, granted, debited, grants expired).
+    /// Accounts whose state changed.
     pub accounts: BTreeSet<String>,
     /// Newly decided debit idempotency records, as (account id, idempotency key), in the order
     /// they were decided. A key appears at most once: a decided key is never decided again.
@@ -34,17 +40,30 @@ pub struct ChangeSet {
     /// Newly recorded grant rejections, as (account id, grant id), in the order they were
     /// decided. A grant id appears at most once, for the same reason.
     pub grant_records: Vec<(String, String)>,
+    /// Reservation records created or changed, as (account id, reservation id).
+    pub reservations: BTreeSet<(String, String)>,
+    /// Accounts with new journal entries, and the sequence of the first new one.
+    pub journal: BTreeMap<String, u64>,
+    /// Sequence of the first new event, if any.
+    pub events_from: Option<u64>,
+    /// The shard's metadata changed (catalog, acknowledged events; not the last stamp, which
+    /// moves with almost every apply and is persisted with the applied state).
+    pub meta: bool,
 }
 
 impl ChangeSet {
     pub fn clear(&mut self) {
-        self.accounts.clear();
-        self.debit_records.clear();
-        self.grant_records.clear();
+        *self = ChangeSet::default();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.debit_records.is_empty() && self.grant_records.is_empty()
+        self.accounts.is_empty()
+            && self.debit_records.is_empty()
+            && self.grant_records.is_empty()
+            && self.reservations.is_empty()
+            && self.journal.is_empty()
+            && self.events_from.is_none()
+            && !self.meta
     }
 
     fn mark_account(&mut self, account_id: &str) {
@@ -55,6 +74,30 @@ impl ChangeSet {
     }
 }
 
+/// Shard-level state: the catalog, how far webhook delivery got, the latest stamp.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShardMeta {
+    pub catalog: Catalog,
+    pub events_acknowledged: u64,
+    /// The latest time stamp applied: effective time never goes backwards, even if a new
+    /// leader's clock is behind the old one's.
+    pub last_timestamp_ms: u64,
+}
+
+/// Everything a ledger is made of, as storage persists it (see `Ledger::restore`).
+#[derive(Clone, Debug, Default)]
+pub struct LedgerParts {
+    pub accounts: Vec<Account>,
+    pub debit_records: Vec<((String, String), DebitRecord)>,
+    pub grant_records: Vec<((String, String), GrantRecord)>,
+    pub reservations: Vec<((String, String), Reservation)>,
+    /// Journal entries with their account, in (account, sequence) order.
+    pub journal: Vec<(String, JournalEntry)>,
+    /// Events in sequence order.
+    pub events: Vec<Event>,
+    pub meta: ShardMeta,
+}
+
 /// An account as a reader sees it at one instant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
@@ -62,16 +105,27 @@ pub struct AccountView {
     /// Drawable credits now (effective, unexpired grants) minus overage; may be negative down to
     /// `-overdraft_limit`.
     pub available: i64,
+    /// The journal's running balance: credits in live grants (effective or not) minus overage.
+    pub balance: i64,
+    pub reserved: u64,
     pub consumed: u64,
     pub expired: u64,
+    pub voided: u64,
+    pub granted: u64,
+    pub overage: u64,
     pub overdraft_limit: u64,
-    /// Grants that have not expired at the instant of the view (exhausted and not yet effective
-    /// ones included), in draw-down order.
+    /// Live grants (not expired, not voided; exhausted and not yet effective ones included), in
+    /// draw-down order.
     pub grants: Vec<Grant>,
+    pub holds: Vec<Hold>,
+    pub subscription: Option<Subscription>,
+    /// Spend limits with the consumption of their current window.
+    pub limits: Vec<(LimitScope, SpendLimit)>,
+    pub alerts: AlertSettings,
 }
 
 /// The state of one shard's ledger.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     accounts: BTreeMap<String, Account>,
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
@@ -81,9 +135,13 @@ pub struct Ledger {
     /// also for accounts that did not exist. An accepted grant id is the grant on its account
     /// instead; a grant id is never both.
     grant_records: BTreeMap<(String, String), GrantRecord>,
-    /// The latest time stamp applied: effective time never goes backwards, even if a new leader's
-    /// clock is behind the old one's.
-    last_timestamp_ms: u64,
+    /// Every reservation id decided, keyed by (account id, reservation id).
+    reservations: BTreeMap<(String, String), Reservation>,
+    journals: BTreeMap<String, Vec<JournalEntry>>,
+    events: Vec<Event>,
+    meta: ShardMeta,
+    /// (instant, account) for every account with something due (`Account::next_due`). Derived.
+    due: BTreeSet<(u64, String)>,
 }
 
 impl Ledger {
@@ -92,47 +150,73 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from persisted parts (used by storage when a node restarts or installs a
-    /// snapshot): the parts that `accounts()`, `debit_records()`, `grant_records()` and
-    /// `last_timestamp_ms()` return.
+    /// snapshot).
     ///
     /// # Panics
     /// When the parts break an invariant (an account given twice, conservation, a grant id both
-    /// accepted and rejected): persisted state that is not a state this machine can reach must
-    /// stop the node, not be served.
-    pub fn restore(
-        accounts: impl IntoIterator<Item = Account>,
-        debit_records: impl IntoIterator<Item = ((String, String), DebitRecord)>,
-        grant_records: impl IntoIterator<Item = ((String, String), GrantRecord)>,
-        last_timestamp_ms: u64,
-    ) -> Ledger {
-        let mut accounts_by_id = BTreeMap::new();
-        for account in accounts {
+    /// accepted and rejected, journal entries out of order): persisted state that is not a state
+    /// this machine can reach must stop the node, not be served.
+    pub fn restore(parts: LedgerParts) -> Ledger {
+        let mut ledger = Ledger {
+            meta: parts.meta,
+            ..Ledger::default()
+        };
+        for account in parts.accounts {
             account.assert_invariants();
             let account_id = account.account_id.clone();
-            let previous = accounts_by_id.insert(account_id, account);
+            let previous = ledger.accounts.insert(account_id.clone(), account);
             assert!(
                 previous.is_none(),
-                "restore: account {:?} given twice",
-                previous.map(|account| account.account_id)
+                "restore: account {account_id:?} given twice"
             );
         }
-        let grant_records: BTreeMap<(String, String), GrantRecord> =
-            grant_records.into_iter().collect();
-        for (account_id, grant_id) in grant_records.keys() {
-            if let Some(account) = accounts_by_id.get(account_id) {
+        for ((account_id, grant_id), record) in parts.grant_records {
+            if let Some(account) = ledger.accounts.get(&account_id) {
                 assert!(
-                    account.grant(grant_id).is_none(),
+                    account.grant(&grant_id).is_none(),
                     "restore: grant {grant_id:?} of account {account_id:?} is both accepted and \
                      rejected"
                 );
             }
+            ledger.grant_records.insert((account_id, grant_id), record);
         }
-        Ledger {
-            accounts: accounts_by_id,
-            debit_records: debit_records.into_iter().collect(),
-            grant_records,
-            last_timestamp_ms,
+        ledger.debit_records = parts.debit_records.into_iter().collect();
+        ledger.reservations = parts.reservations.into_iter().collect();
+        for (account_id, entry) in parts.journal {
+            let entries = ledger.journals.entry(account_id.clone()).or_default();
+            assert_eq!(
+                entry.sequence,
+                entries.len() as u64 + 1,
+                "restore: journal of {account_id:?} has a gap or is out of order"
+            );
+            entries.push(entry);
         }
+        for (account_id, account) in &ledger.accounts {
+            let last = ledger
+                .journals
+                .get(account_id)
+                .and_then(|entries| entries.last());
+            assert_eq!(
+                last.map_or((0, 0), |entry| (entry.sequence, entry.balance)),
+                (account.journal_sequence, account.journal_balance),
+                "restore: journal of {account_id:?} does not end where the account says"
+            );
+        }
+        for (index, event) in parts.events.iter().enumerate() {
+            assert_eq!(
+                event.sequence,
+                index as u64 + 1,
+                "restore: events out of order"
+            );
+        }
+        ledger.events = parts.events;
+        for account in ledger.accounts.values_mut() {
+            account.due_ms = account.next_due();
+            if let Some(due_ms) = account.due_ms {
+                ledger.due.insert((due_ms, account.account_id.clone()));
+            }
+        }
+        ledger
     }
 
     pub fn account(&self, account_id: &str) -> Option<&Account> {
@@ -144,10 +228,10 @@ impl Ledger {
         self.accounts.values()
     }
 
-    /// The decided outcome of a debit key, if it was ever decided. Does not allocate.
+    /// The decided outcome of a debit key, if it was ever decided.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
         self.debit_records
-            .get(&(account_id, idempotency_key) as &dyn RecordKey)
+            .get(&(account_id.to_owned(), idempotency_key.to_owned()))
     }
 
     /// Debit records in (account id, idempotency key) order.
@@ -156,10 +240,10 @@ impl Ledger {
     }
 
     /// The recorded rejection of a grant id, if its grant was rejected for a reason of state or
-    /// time. Does not allocate.
+    /// time.
     pub fn grant_record(&self, account_id: &str, grant_id: &str) -> Option<&GrantRecord> {
         self.grant_records
-            .get(&(account_id, grant_id) as &dyn RecordKey)
+            .get(&(account_id.to_owned(), grant_id.to_owned()))
     }
 
     /// Grant records in (account id, grant id) order.
@@ -167,31 +251,97 @@ impl Ledger {
         self.grant_records.iter()
     }
 
-    pub fn last_timestamp_ms(&self) -> u64 {
-        self.last_timestamp_ms
+    pub fn reservation(&self, account_id: &str, reservation_id: &str) -> Option<&Reservation> {
+        self.reservations
+            .get(&(account_id.to_owned(), reservation_id.to_owned()))
     }
 
-    /// The account as seen at `now_ms`, or at the last applied stamp if that is later: grants
-    /// expired by then are left out and count as expired, overage is repaid by grants effective
-    /// by then, exactly as the next command at that instant would see it.
+    /// Reservation records in (account id, reservation id) order.
+    pub fn reservations(&self) -> impl Iterator<Item = (&(String, String), &Reservation)> {
+        self.reservations.iter()
+    }
+
+    /// The persisted journal of an account (entries up to its last settlement).
+    pub fn journal(&self, account_id: &str) -> &[JournalEntry] {
+        self.journals.get(account_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every account's journal, in account id order.
+    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vec<JournalEntry>)> {
+        self.journals.iter()
+    }
+
+    /// The journal of an account as of `now_ms`: the persisted entries plus those a settlement
+    /// through `now_ms` would add (expiries, resets, time-outs that no command or tick has
+    /// recorded yet). `None` for an unknown account.
+    pub fn journal_at(&self, account_id: &str, now_ms: u64) -> Option<Vec<JournalEntry>> {
+        let mut account = self.accounts.get(account_id)?.clone();
+        let mut effects = Effects::default();
+        account.settle(
+            now_ms.max(self.meta.last_timestamp_ms),
+            &self.meta.catalog,
+            &mut effects,
+        );
+        let mut entries = self.journal(account_id).to_vec();
+        entries.extend(effects.journal);
+        Some(entries)
+    }
+
+    /// Events with a sequence above `after`, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> &[Event] {
+        let start = (after as usize).min(self.events.len());
+        let end = start.saturating_add(limit).min(self.events.len());
+        &self.events[start..end]
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn meta(&self) -> &ShardMeta {
+        &self.meta
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.meta.catalog
+    }
+
+    pub fn last_timestamp_ms(&self) -> u64 {
+        self.meta.last_timestamp_ms
+    }
+
+    /// The earliest instant at which some account has something due (a `Tick` then settles it).
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.due.first().map(|(due_ms, _)| *due_ms)
+    }
+
+    /// The account as seen at `now_ms`, or at the last applied stamp if that is later: settled
+    /// through that instant exactly as the next command would see it.
     pub fn view(&self, account_id: &str, now_ms: u64) -> Option<AccountView> {
         let mut account = self.accounts.get(account_id)?.clone();
-        let now_ms = now_ms.max(self.last_timestamp_ms);
-        account.settle(now_ms);
+        let now_ms = now_ms.max(self.meta.last_timestamp_ms);
+        account.settle(now_ms, &self.meta.catalog, &mut Effects::default());
+        account.roll_limit_windows(now_ms);
         let available = account.available(now_ms);
-        let mut grants: Vec<Grant> = account
-            .grants
-            .into_iter()
-            .filter(|grant| !grant.expired)
-            .collect();
+        let balance = account.balance();
+        let mut grants: Vec<Grant> = account.grants.into_iter().filter(Grant::is_live).collect();
         grants.sort_by(draw_order);
         Some(AccountView {
             account_id: account.account_id,
             available,
+            balance,
+            reserved: account.reserved,
             consumed: account.consumed,
             expired: account.expired,
+            voided: account.voided,
+            granted: account.granted,
+            overage: account.overage,
             overdraft_limit: account.overdraft_limit,
             grants,
+            holds: account.holds,
+            subscription: account.subscription,
+            limits: account.limits.into_iter().collect(),
+            alerts: account.alerts,
         })
     }
 
@@ -207,30 +357,155 @@ impl Ledger {
         timestamp_ms: u64,
         changes: &mut ChangeSet,
     ) -> Outcome {
-        self.last_timestamp_ms = self.last_timestamp_ms.max(timestamp_ms);
-        let now_ms = self.last_timestamp_ms;
-        let outcome = match command {
+        // The stamp is persisted with `last_applied` by storage, not as a `meta` change.
+        self.meta.last_timestamp_ms = self.meta.last_timestamp_ms.max(timestamp_ms);
+        let now_ms = self.meta.last_timestamp_ms;
+        match command {
             Command::CreateAccount {
                 account_id,
                 overdraft_limit,
-            } => self.create_account(account_id, *overdraft_limit, changes),
+            } => self.create_account(account_id, *overdraft_limit, now_ms, changes),
+            Command::UpdateAccount {
+                account_id,
+                overdraft_limit,
+            } => self.update_account(account_id, *overdraft_limit, now_ms, changes),
             Command::Grant(grant) => self.grant(grant, now_ms, changes),
+            Command::VoidGrant {
+                account_id,
+                grant_id,
+            } => self.void_grant(account_id, grant_id, now_ms, changes),
             Command::Debit {
                 account_id,
                 idempotency_key,
+                charge,
+            } => self.debit(account_id, idempotency_key, charge, now_ms, changes),
+            Command::Reserve {
+                account_id,
+                reservation_id,
                 amount,
-            } => self.debit(account_id, idempotency_key, *amount, now_ms, changes),
-        };
-        if let Some(account) = self.accounts.get(command.account_id()) {
-            account.assert_invariants();
+                ttl_ms,
+            } => self.reserve(
+                account_id,
+                reservation_id,
+                *amount,
+                *ttl_ms,
+                now_ms,
+                changes,
+            ),
+            Command::Commit {
+                account_id,
+                reservation_id,
+                charge,
+            } => self.commit(account_id, reservation_id, charge, now_ms, changes),
+            Command::Release {
+                account_id,
+                reservation_id,
+            } => self.release(account_id, reservation_id, now_ms, changes),
+            Command::Subscribe {
+                account_id,
+                plan_id,
+                seats,
+            } => self.subscribe(account_id, plan_id, *seats, now_ms, changes),
+            Command::Unsubscribe { account_id } => self.unsubscribe(account_id, now_ms, changes),
+            Command::SetSpendLimit {
+                account_id,
+                scope,
+                limit,
+            } => self.set_spend_limit(account_id, *scope, limit.as_ref(), now_ms, changes),
+            Command::SetAlerts { account_id, alerts } => {
+                self.set_alerts(account_id, alerts, now_ms, changes)
+            }
+            Command::UpdateCatalog(change) => self.update_catalog(change, now_ms, changes),
+            Command::InstallCatalog(catalog) => self.install_catalog(catalog, now_ms, changes),
+            Command::Tick => self.tick(now_ms, changes),
+            Command::AcknowledgeEvents { through_seq } => {
+                let through_seq = (*through_seq).min(self.events.len() as u64);
+                if through_seq > self.meta.events_acknowledged {
+                    self.meta.events_acknowledged = through_seq;
+                    changes.meta = true;
+                    accepted(Accepted::Updated)
+                } else {
+                    replayed(Accepted::Updated)
+                }
+            }
         }
-        outcome
+    }
+
+    // ------------------------------------------------------------ the account workflow
+
+    /// Settles an existing account through `now_ms` and runs `operation` on it, then records
+    /// what it produced (journal, events, timed-out reservations), updates the due index and
+    /// checks the account's invariants.
+    fn on_account<T>(
+        &mut self,
+        account_id: &str,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+        operation: impl FnOnce(&mut Account, &Catalog, &mut Effects) -> T,
+    ) -> Option<T> {
+        let account = self.accounts.get_mut(account_id)?;
+        let mut effects = Effects::default();
+        account.settle(now_ms, &self.meta.catalog, &mut effects);
+        let result = operation(account, &self.meta.catalog, &mut effects);
+        self.record_effects(account_id, effects, changes);
+        Some(result)
+    }
+
+    fn record_effects(&mut self, account_id: &str, effects: Effects, changes: &mut ChangeSet) {
+        let account = self
+            .accounts
+            .get_mut(account_id)
+            .expect("effects of an existing account");
+        account.assert_invariants();
+        // Settlement and every operation change the account (at least `settled_ms`), so it is
+        // persisted whenever it was touched.
+        changes.mark_account(account_id);
+        let due_ms = account.next_due();
+        if due_ms != account.due_ms {
+            if let Some(previous) = account.due_ms {
+                self.due.remove(&(previous, account_id.to_owned()));
+            }
+            if let Some(due_ms) = due_ms {
+                self.due.insert((due_ms, account_id.to_owned()));
+            }
+            account.due_ms = due_ms;
+        }
+        if !effects.journal.is_empty() {
+            let entries = match self.journals.get_mut(account_id) {
+                Some(entries) => entries,
+                None => self.journals.entry(account_id.to_owned()).or_default(),
+            };
+            if !changes.journal.contains_key(account_id) {
+                changes
+                    .journal
+                    .insert(account_id.to_owned(), effects.journal[0].sequence);
+            }
+            entries.extend(effects.journal);
+        }
+        for (at_ms, kind) in effects.events {
+            let sequence = self.events.len() as u64 + 1;
+            changes.events_from.get_or_insert(sequence);
+            self.events.push(Event {
+                sequence,
+                at_ms,
+                account_id: account_id.to_owned(),
+                kind,
+            });
+        }
+        for (reservation_id, at_ms, available) in effects.expired_reservations {
+            let key = (account_id.to_owned(), reservation_id);
+            if let Some(reservation) = self.reservations.get_mut(&key) {
+                reservation.state = ReservationState::Expired { at_ms, available };
+                changes.reservations.insert(key);
+            }
+        }
     }
 
     fn create_account(
         &mut self,
         account_id: &str,
         overdraft_limit: u64,
+        now_ms: u64,
         changes: &mut ChangeSet,
     ) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
@@ -240,7 +515,7 @@ impl Ledger {
             return rejected(Rejection::InvalidAmount);
         }
         if let Some(existing) = self.accounts.get(account_id) {
-            return if existing.overdraft_limit == overdraft_limit {
+            return if existing.created_overdraft_limit == overdraft_limit {
                 replayed(Accepted::AccountExists)
             } else {
                 rejected(Rejection::AccountConflict)
@@ -248,18 +523,40 @@ impl Ledger {
         }
         self.accounts.insert(
             account_id.to_owned(),
-            Account {
-                account_id: account_id.to_owned(),
-                overdraft_limit,
-                grants: Vec::new(),
-                granted: 0,
-                consumed: 0,
-                expired: 0,
-                overage: 0,
-            },
+            Account::new(account_id, overdraft_limit, now_ms),
         );
-        changes.mark_account(account_id);
+        self.record_effects(account_id, Effects::default(), changes);
         accepted(Accepted::AccountCreated)
+    }
+
+    fn update_account(
+        &mut self,
+        account_id: &str,
+        overdraft_limit: Option<u64>,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) = validate_identifier(account_id) {
+            return rejected(rejection);
+        }
+        if overdraft_limit.is_some_and(|limit| limit > AMOUNT_MAX) {
+            return rejected(Rejection::InvalidAmount);
+        }
+        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            let Some(limit) = overdraft_limit else {
+                return Ok(false);
+            };
+            if limit == account.overdraft_limit {
+                return Ok(false);
+            }
+            if limit < account.overage {
+                return Err(Rejection::OverdraftInUse);
+            }
+            account.overdraft_limit = limit;
+            account.evaluate_balance_alerts(now_ms, effects);
+            Ok(true)
+        });
+        setting_outcome(result)
     }
 
     /// Decides a grant id. Which rejections are recorded follows one rule, the one debits follow:
@@ -276,16 +573,13 @@ impl Ledger {
     /// - `account_not_found`: state (the account may be created later); recorded.
     /// - `invalid_expiry` for an `expires_at` at or before the time of apply: time (the same
     ///   request applied earlier would have been accepted); recorded.
-    /// - `amount_overflow`: state (the account's `granted` total). That total never shrinks, so
-    ///   a retry would be rejected again anyway, but only a record makes it say it is a replay,
-    ///   and the rule stays true if a total ever can shrink.
+    /// - `amount_overflow`: state (the account's `granted` total); recorded.
     ///
     /// A retry is the same request when it carries the same amount, source, priority and
     /// expiry, and an `effective_at` that is absent or the instant the first request was decided
-    /// to be effective from (the one it named, or its stamp): one rule for an accepted grant id
-    /// and a rejected one, since a client cannot know which of the two it is retrying. Other
-    /// parameters under a decided grant id are `grant_conflict`, as other amounts under a
-    /// decided debit key are `idempotency_conflict`.
+    /// to be effective from (the one it named, or its stamp). Other parameters under a decided
+    /// grant id are `grant_conflict`, as other amounts under a decided debit key are
+    /// `idempotency_conflict`.
     fn grant(&mut self, command: &GrantCommand, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
         if let Err(rejection) = validate_identifier(&command.account_id)
             .and_then(|()| validate_identifier(&command.grant_id))
@@ -325,7 +619,7 @@ impl Ledger {
                 rejected(Rejection::GrantConflict)
             };
         }
-        let Some(account) = self.accounts.get_mut(&command.account_id) else {
+        let Some(account) = self.accounts.get(&command.account_id) else {
             return self.record_grant_rejection(
                 command,
                 Rejection::AccountNotFound,
@@ -357,37 +651,39 @@ impl Ledger {
         {
             return self.record_grant_rejection(command, Rejection::InvalidExpiry, now_ms, changes);
         }
-        let Some(granted) = account
+        let fits = account
             .granted
             .checked_add(command.amount)
-            .filter(|total| *total <= TOTAL_MAX)
-        else {
+            .is_some_and(|total| total <= TOTAL_MAX);
+        if !fits {
             return self.record_grant_rejection(
                 command,
                 Rejection::AmountOverflow,
                 now_ms,
                 changes,
             );
-        };
-        // Settle before adding, so that the new grant cannot take part in instants before it
-        // existed (it could otherwise repay overage at a back-dated `effective_at`).
-        account.settle(now_ms);
-        account.granted = granted;
-        let sequence = account.grants.len() as u64;
-        account.grants.push(Grant {
-            grant_id: command.grant_id.clone(),
-            amount: command.amount,
-            remaining: command.amount,
-            source: command.source,
-            priority: command.priority,
-            effective_at_ms: command.effective_at_ms.unwrap_or(now_ms),
-            expires_at_ms: command.expires_at_ms,
-            sequence,
-            expired: false,
-        });
-        // Overage is repaid first by a later grant, as soon as it is effective.
-        account.settle(now_ms);
-        changes.mark_account(&command.account_id);
+        }
+        // `on_account` settles before adding, so that the new grant cannot take part in instants
+        // before it existed.
+        self.on_account(
+            &command.account_id,
+            now_ms,
+            changes,
+            |account, _, effects| {
+                account.add_grant(
+                    &command.grant_id,
+                    command.amount,
+                    command.source,
+                    command.priority,
+                    command.effective_at_ms.unwrap_or(now_ms),
+                    command.expires_at_ms,
+                    now_ms,
+                    effects,
+                );
+                // Overage is repaid first by a later grant, as soon as it is effective.
+                account.after_change(now_ms, effects);
+            },
+        );
         accepted(Accepted::Granted)
     }
 
@@ -423,356 +719,604 @@ impl Ledger {
         rejected(rejection)
     }
 
+    /// Voids what is left of a grant. A void is a setting, not a keyed decision: voiding again
+    /// is a replay that reports what the first void voided.
+    fn void_grant(
+        &mut self,
+        account_id: &str,
+        grant_id: &str,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) =
+            validate_identifier(account_id).and_then(|()| validate_grant_reference(grant_id))
+        {
+            return rejected(rejection);
+        }
+        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            account.void_grant(grant_id, now_ms, effects)
+        });
+        match result {
+            None => rejected(Rejection::AccountNotFound),
+            Some(Err(rejection)) => rejected(rejection),
+            Some(Ok(Some(voided))) => accepted(Accepted::Voided { voided }),
+            Some(Ok(None)) => {
+                let voided = self
+                    .accounts
+                    .get(account_id)
+                    .and_then(|account| account.grant(grant_id))
+                    .map_or(0, |grant| grant.voided_amount);
+                replayed(Accepted::Voided { voided })
+            }
+        }
+    }
+
     fn debit(
         &mut self,
         account_id: &str,
         idempotency_key: &str,
-        amount: u64,
+        charge: &Charge,
         now_ms: u64,
         changes: &mut ChangeSet,
     ) -> Outcome {
         // The checks of the command alone record nothing: their answer does not depend on state,
         // so a retry gets it again anyway, and nothing was applied (the key stays free).
+        if let Err(rejection) = validate_identifier(account_id)
+            .and_then(|()| validate_identifier(idempotency_key))
+            .and_then(|()| validate_charge(charge))
+        {
+            return rejected(rejection);
+        }
+        if !crate::fault_injection::skip_idempotency_check() {
+            if let Some(record) = self.debit_record(account_id, idempotency_key) {
+                if record.charge != *charge {
+                    return rejected(Rejection::IdempotencyConflict);
+                }
+                return Outcome {
+                    result: record.result.clone(),
+                    replayed: true,
+                };
+            }
+        }
+        let result = self
+            .on_account(account_id, now_ms, changes, |account, catalog, effects| {
+                let priced = price(charge, catalog)?;
+                account.debit(idempotency_key, priced, now_ms, effects)
+            })
+            .unwrap_or(Err(Rejection::AccountNotFound));
+        let record_key = (account_id.to_owned(), idempotency_key.to_owned());
+        changes.debit_records.push(record_key.clone());
+        let previous = self.debit_records.insert(
+            record_key,
+            DebitRecord {
+                charge: charge.clone(),
+                result: result.clone(),
+                decided_at_ms: now_ms,
+            },
+        );
+        assert!(
+            previous.is_none() || crate::fault_injection::skip_idempotency_check(),
+            "a debit key was decided twice"
+        );
+        accepted_or_rejected(result)
+    }
+
+    fn reserve(
+        &mut self,
+        account_id: &str,
+        reservation_id: &str,
+        amount: u64,
+        ttl_ms: u64,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
         if let Err(rejection) =
-            validate_identifier(account_id).and_then(|()| validate_identifier(idempotency_key))
+            validate_identifier(account_id).and_then(|()| validate_identifier(reservation_id))
         {
             return rejected(rejection);
         }
         if amount == 0 || amount > AMOUNT_MAX {
             return rejected(Rejection::InvalidAmount);
         }
-        if let Some(record) = self.debit_record(account_id, idempotency_key) {
-            if record.requested_amount != amount {
-                return rejected(Rejection::IdempotencyConflict);
+        if ttl_ms == 0 || ttl_ms > RESERVATION_TTL_MAX_MS {
+            return rejected(Rejection::InvalidTtl);
+        }
+        let key = (account_id.to_owned(), reservation_id.to_owned());
+        if let Some(reservation) = self.reservations.get(&key) {
+            if reservation.amount != amount || reservation.ttl_ms != ttl_ms {
+                return rejected(Rejection::ReservationConflict);
             }
             return Outcome {
-                result: record.result.clone(),
+                result: reservation.reserve_result.clone(),
                 replayed: true,
             };
         }
-        let result = match self.accounts.get_mut(account_id) {
-            None => Err(Rejection::AccountNotFound),
-            Some(account) => {
-                let settled = account.settle(now_ms);
-                let result = account.draw(amount, now_ms);
-                if settled || result.is_ok() {
-                    changes.mark_account(account_id);
-                }
-                result
-            }
+        let result = self
+            .on_account(account_id, now_ms, changes, |account, _, effects| {
+                account.reserve(reservation_id, amount, ttl_ms, now_ms, effects)
+            })
+            .unwrap_or(Err(Rejection::AccountNotFound));
+        let state = match &result {
+            Ok(_) => ReservationState::Active,
+            Err(rejection) => ReservationState::Rejected {
+                rejection: *rejection,
+            },
         };
-        let record_key = (account_id.to_owned(), idempotency_key.to_owned());
-        changes.debit_records.push(record_key.clone());
-        let previous = self.debit_records.insert(
-            record_key,
-            DebitRecord {
-                requested_amount: amount,
-                result: result.clone(),
-                decided_at_ms: now_ms,
+        self.reservations.insert(
+            key.clone(),
+            Reservation {
+                amount,
+                ttl_ms,
+                created_at_ms: now_ms,
+                expires_at_ms: now_ms.saturating_add(ttl_ms),
+                state,
+                reserve_result: result.clone(),
+                failed_commits: Vec::new(),
             },
         );
-        assert!(previous.is_none(), "a debit key was decided twice");
+        changes.reservations.insert(key);
         accepted_or_rejected(result)
     }
 
-    /// A digest of the whole state, equal on replicas at the same applied index. XXH3-128 over a
-    /// canonical encoding: maps are walked in key order, every field is written in a fixed
-    /// order, strings and lists are prefixed with their length and options and results with a tag,
-    /// so that two different states cannot encode to the same bytes.
-    pub fn digest(&self) -> u128 {
-        let mut hasher = Xxh3::new();
-        hash_u64(&mut hasher, self.last_timestamp_ms);
-        hash_u64(&mut hasher, self.accounts.len() as u64);
-        for account in self.accounts.values() {
-            hash_str(&mut hasher, &account.account_id);
-            for value in [
-                account.overdraft_limit,
-                account.granted,
-                account.consumed,
-                account.expired,
-                account.overage,
-                account.grants.len() as u64,
-            ] {
-                hash_u64(&mut hasher, value);
-            }
-            for grant in &account.grants {
-                hash_str(&mut hasher, &grant.grant_id);
-                for value in [
-                    grant.amount,
-                    grant.remaining,
-                    u64::from(grant.priority),
-                    source_tag(grant.source),
-                    grant.effective_at_ms,
-                    grant.sequence,
-                    u64::from(grant.expired),
-                ] {
-                    hash_u64(&mut hasher, value);
-                }
-                hash_option(&mut hasher, grant.expires_at_ms);
-            }
+    /// Commits a reservation. Idempotent on (reservation id, charge): a committed reservation
+    /// answers a commit with the same charge with that commit, and any other with
+    /// `reservation_committed`. A commit rejected for a reason of state (unknown feature, the
+    /// extra beyond the hold not covered, a spend limit) is recorded with its charge, so that a
+    /// retry gets the same rejection and never applies later; a commit with another charge is
+    /// another request and is decided on its own.
+    fn commit(
+        &mut self,
+        account_id: &str,
+        reservation_id: &str,
+        charge: &Charge,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) = validate_identifier(account_id)
+            .and_then(|()| validate_identifier(reservation_id))
+            .and_then(|()| validate_charge_allowing_zero(charge))
+        {
+            return rejected(rejection);
         }
-        hash_u64(&mut hasher, self.debit_records.len() as u64);
-        for ((account_id, key), record) in &self.debit_records {
-            hash_str(&mut hasher, account_id);
-            hash_str(&mut hasher, key);
-            hash_u64(&mut hasher, record.requested_amount);
-            hash_u64(&mut hasher, record.decided_at_ms);
-            match &record.result {
-                Ok(Accepted::AccountCreated) => hasher.update(&[1]),
-                Ok(Accepted::AccountExists) => hasher.update(&[2]),
-                Ok(Accepted::Granted) => hasher.update(&[3]),
-                Ok(Accepted::Debited { amount, available }) => {
-                    hasher.update(&[4]);
-                    hash_u64(&mut hasher, *amount);
-                    hasher.update(&available.to_le_bytes());
-                }
-                Err(rejection) => {
-                    hasher.update(&[5]);
-                    hash_rejection(&mut hasher, *rejection);
-                }
-            }
-        }
-        hash_u64(&mut hasher, self.grant_records.len() as u64);
-        for ((account_id, grant_id), record) in &self.grant_records {
-            hash_str(&mut hasher, account_id);
-            hash_str(&mut hasher, grant_id);
-            for value in [
-                record.amount,
-                source_tag(record.source),
-                u64::from(record.priority),
-                record.effective_at_ms,
-                record.decided_at_ms,
-            ] {
-                hash_u64(&mut hasher, value);
-            }
-            hash_option(&mut hasher, record.expires_at_ms);
-            hash_rejection(&mut hasher, record.rejection);
-        }
-        hasher.digest128()
-    }
-}
-
-impl Account {
-    /// The grant with this id, expired and exhausted ones included.
-    fn grant(&self, grant_id: &str) -> Option<&Grant> {
-        self.grants.iter().find(|grant| grant.grant_id == grant_id)
-    }
-
-    /// Brings the account up to `now_ms` as if time had passed instant by instant: at each
-    /// instant, grants whose expiry has come expire first (their remainder moves to `expired`),
-    /// then overage is repaid from the grants drawable at that instant, in draw-down order.
-    ///
-    /// Overage left after a change means nothing was drawable, so only the instants at which a
-    /// grant became effective can repay anything, and only those are visited (in time order);
-    /// the expiries are then brought up to `now_ms`. Returns whether anything changed.
-    fn settle(&mut self, now_ms: u64) -> bool {
-        let mut changed = false;
-        while self.overage > 0 {
-            // Each turn either repays the whole overage or empties at least the grant that became
-            // effective at `instant_ms` (or expires it), so the loop ends.
-            let Some(instant_ms) = self
-                .grants
-                .iter()
-                .filter(|grant| {
-                    !grant.expired && grant.remaining > 0 && grant.effective_at_ms <= now_ms
-                })
-                .map(|grant| grant.effective_at_ms)
-                .min()
-            else {
-                break;
-            };
-            changed |= self.expire_through(instant_ms);
-            let repaid = self.take_from_grants(self.overage, instant_ms);
-            self.overage -= repaid;
-            changed |= repaid > 0;
-        }
-        changed |= self.expire_through(now_ms);
-        changed
-    }
-
-    /// Expires every grant whose `expires_at_ms` is at or before `instant_ms`.
-    fn expire_through(&mut self, instant_ms: u64) -> bool {
-        let mut changed = false;
-        for grant in &mut self.grants {
-            if !grant.expired && is_expired_at(grant, instant_ms) {
-                self.expired += grant.remaining;
-                grant.remaining = 0;
-                grant.expired = true;
-                changed = true;
-            }
-        }
-        changed
-    }
-
-    /// Credits drawable at `now_ms`, before overage.
-    fn drawable(&self, now_ms: u64) -> u64 {
-        self.grants
-            .iter()
-            .filter(|grant| is_drawable_at(grant, now_ms))
-            .map(|grant| grant.remaining)
-            .sum()
-    }
-
-    /// Available balance at `now_ms` (meaningful after `settle(now_ms)`).
-    fn available(&self, now_ms: u64) -> i64 {
-        signed(self.drawable(now_ms)) - signed(self.overage)
-    }
-
-    /// Draws `amount` at `now_ms` (after `settle(now_ms)`): from grants in draw-down order, the
-    /// rest as overage within the overdraft limit.
-    fn draw(&mut self, amount: u64, now_ms: u64) -> Result<Accepted, Rejection> {
-        let Some(consumed) = self
-            .consumed
-            .checked_add(amount)
-            .filter(|total| *total <= TOTAL_MAX)
-        else {
-            return Err(Rejection::AmountOverflow);
+        let key = (account_id.to_owned(), reservation_id.to_owned());
+        let Some(reservation) = self.reservations.get(&key) else {
+            return rejected(Rejection::ReservationNotFound);
         };
-        let available = self.available(now_ms);
-        // i128: available may be negative, amount and the limit are at most AMOUNT_MAX.
-        if i128::from(amount) > i128::from(available) + i128::from(self.overdraft_limit) {
-            return Err(Rejection::InsufficientCredits);
-        }
-        let from_grants = self.take_from_grants(amount, now_ms);
-        let overage = self.overage + (amount - from_grants);
-        assert!(
-            overage <= self.overdraft_limit,
-            "account {}: overspend, overage {overage} above limit {}",
-            self.account_id,
-            self.overdraft_limit
-        );
-        self.overage = overage;
-        self.consumed = consumed;
-        let available = self.available(now_ms);
-        assert!(
-            i128::from(available) >= -i128::from(self.overdraft_limit),
-            "account {}: available {available} below the overdraft limit",
-            self.account_id
-        );
-        Ok(Accepted::Debited { amount, available })
-    }
-
-    /// Takes up to `amount` from the grants drawable at `now_ms`, in draw-down order; returns
-    /// what it took. Allocation free: each turn picks the first grant in draw-down order and
-    /// either finishes or empties that grant, and an account has few live grants.
-    fn take_from_grants(&mut self, amount: u64, now_ms: u64) -> u64 {
-        let mut left_to_take = amount;
-        while left_to_take > 0 {
-            let Some(index) = self
-                .grants
-                .iter()
-                .enumerate()
-                .filter(|(_, grant)| is_drawable_at(grant, now_ms))
-                .min_by(|(_, left), (_, right)| draw_order(left, right))
-                .map(|(index, _)| index)
-            else {
-                break;
+        if let Some((_, rejection)) = reservation
+            .failed_commits
+            .iter()
+            .find(|(failed, _)| failed == charge)
+        {
+            return Outcome {
+                result: Err(*rejection),
+                replayed: true,
             };
-            let grant = &mut self.grants[index];
-            let taken = grant.remaining.min(left_to_take);
-            grant.remaining -= taken;
-            left_to_take -= taken;
         }
-        amount - left_to_take
+        match &reservation.state {
+            ReservationState::Active => {}
+            ReservationState::Committed {
+                charge: committed,
+                amount,
+                released,
+                available,
+                rate_card_version,
+                ..
+            } => {
+                return if committed == charge {
+                    replayed(Accepted::Committed {
+                        amount: *amount,
+                        released: *released,
+                        available: *available,
+                        rate_card_version: *rate_card_version,
+                    })
+                } else {
+                    rejected(Rejection::ReservationCommitted)
+                };
+            }
+            ReservationState::Released { .. } => return rejected(Rejection::ReservationReleased),
+            ReservationState::Expired { .. } => return rejected(Rejection::ReservationExpired),
+            ReservationState::Rejected { .. } => return rejected(Rejection::ReservationNotFound),
+        }
+        let result = self
+            .on_account(account_id, now_ms, changes, |account, catalog, effects| {
+                // Settled first: the hold may have just timed out.
+                if !account
+                    .holds
+                    .iter()
+                    .any(|hold| hold.reservation_id == reservation_id)
+                {
+                    return Err(Rejection::ReservationExpired);
+                }
+                let priced = price(charge, catalog)?;
+                account.commit(reservation_id, priced, now_ms, effects)
+            })
+            .unwrap_or(Err(Rejection::AccountNotFound));
+        let reservation = self
+            .reservations
+            .get_mut(&key)
+            .expect("the reservation looked up above");
+        match &result {
+            Ok(Accepted::Committed {
+                amount,
+                released,
+                available,
+                rate_card_version,
+            }) => {
+                reservation.state = ReservationState::Committed {
+                    charge: charge.clone(),
+                    amount: *amount,
+                    released: *released,
+                    available: *available,
+                    rate_card_version: *rate_card_version,
+                    at_ms: now_ms,
+                };
+            }
+            // The time-out was recorded by the settlement; the answer is its state.
+            Err(Rejection::ReservationExpired) => {}
+            Err(rejection) => reservation
+                .failed_commits
+                .push((charge.clone(), *rejection)),
+            Ok(other) => unreachable!("a commit answered {other:?}"),
+        }
+        changes.reservations.insert(key);
+        accepted_or_rejected(result)
     }
 
-    /// Conservation, no overspend and bounded totals; on in release builds, after every apply
-    /// and on restore.
-    fn assert_invariants(&self) {
-        let mut held: u128 = 0;
-        let mut granted_by_grants: u128 = 0;
-        for (index, grant) in self.grants.iter().enumerate() {
-            assert!(
-                grant.remaining <= grant.amount,
-                "account {}: grant {} has more remaining than its amount",
-                self.account_id,
-                grant.grant_id
-            );
-            assert!(
-                !grant.expired || grant.remaining == 0,
-                "account {}: expired grant {} still holds credits",
-                self.account_id,
-                grant.grant_id
-            );
-            assert_eq!(
-                grant.sequence, index as u64,
-                "account {}: grant {} is out of creation order",
-                self.account_id, grant.grant_id
-            );
-            granted_by_grants += u128::from(grant.amount);
-            if !grant.expired {
-                held += u128::from(grant.remaining);
+    /// Releases a reservation. Idempotent: releasing again, or after its time to live released
+    /// it, answers with that release.
+    fn release(
+        &mut self,
+        account_id: &str,
+        reservation_id: &str,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) =
+            validate_identifier(account_id).and_then(|()| validate_identifier(reservation_id))
+        {
+            return rejected(rejection);
+        }
+        let key = (account_id.to_owned(), reservation_id.to_owned());
+        let Some(reservation) = self.reservations.get(&key) else {
+            return rejected(Rejection::ReservationNotFound);
+        };
+        let amount = reservation.amount;
+        if let Some(outcome) = finished_release(reservation) {
+            return outcome;
+        }
+        let released = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            let released = account.release_hold(reservation_id, now_ms, effects);
+            (released > 0).then(|| account.available(now_ms))
+        });
+        let reservation = self
+            .reservations
+            .get_mut(&key)
+            .expect("the reservation looked up above");
+        match released.flatten() {
+            Some(available) => {
+                reservation.state = ReservationState::Released {
+                    at_ms: now_ms,
+                    available,
+                };
+                changes.reservations.insert(key);
+                accepted(Accepted::Released {
+                    released: amount,
+                    available,
+                    expired: false,
+                })
+            }
+            // The settlement found it timed out: answer with that.
+            None => finished_release(reservation).unwrap_or_else(|| {
+                unreachable!("an active reservation without a hold: {reservation:?}")
+            }),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        account_id: &str,
+        plan_id: &str,
+        seats: u64,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) =
+            validate_identifier(account_id).and_then(|()| validate_identifier(plan_id))
+        {
+            return rejected(rejection);
+        }
+        if seats == 0 || seats > SEATS_MAX {
+            return rejected(Rejection::InvalidSeats);
+        }
+        let Some(plan) = self.meta.catalog.plans.get(plan_id).cloned() else {
+            return rejected(Rejection::PlanNotFound);
+        };
+        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            Ok(account.subscribe(&plan, seats, now_ms, effects))
+        });
+        setting_outcome(result)
+    }
+
+    fn unsubscribe(&mut self, account_id: &str, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
+        if let Err(rejection) = validate_identifier(account_id) {
+            return rejected(rejection);
+        }
+        let result = self.on_account(account_id, now_ms, changes, |account, _, _| {
+            Ok(account.unsubscribe())
+        });
+        setting_outcome(result)
+    }
+
+    fn set_spend_limit(
+        &mut self,
+        account_id: &str,
+        scope: LimitScope,
+        limit: Option<&SpendLimitTerms>,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) = validate_identifier(account_id) {
+            return rejected(rejection);
+        }
+        if let Some(terms) = limit {
+            if !terms.period.is_valid() {
+                return rejected(Rejection::InvalidPeriod);
+            }
+            let too_large = [terms.soft, terms.hard]
+                .into_iter()
+                .flatten()
+                .any(|value| value > AMOUNT_MAX);
+            let inverted =
+                matches!((terms.soft, terms.hard), (Some(soft), Some(hard)) if soft > hard);
+            if too_large || inverted || (terms.soft.is_none() && terms.hard.is_none()) {
+                return rejected(Rejection::InvalidSettings);
             }
         }
-        assert_eq!(
-            granted_by_grants,
-            u128::from(self.granted),
-            "account {}: granted total does not match its grants",
-            self.account_id
-        );
-        assert_eq!(
-            u128::from(self.granted) + u128::from(self.overage),
-            held + u128::from(self.consumed) + u128::from(self.expired),
-            "account {}: conservation violated",
-            self.account_id
-        );
-        assert!(
-            self.overage <= self.overdraft_limit,
-            "account {}: overspend, overage {} above limit {}",
-            self.account_id,
-            self.overage,
-            self.overdraft_limit
-        );
-        assert!(
-            self.granted <= TOTAL_MAX && self.consumed <= TOTAL_MAX,
-            "account {}: a total is above i64::MAX",
-            self.account_id
-        );
+        // What the journal says was consumed in the window so far (a settlement adds no debit
+        // or commit entries, so the persisted journal is complete for this).
+        let spent_in_window = limit.map_or(0, |terms| {
+            let (start_ms, _) = window_containing(&terms.period, now_ms);
+            self.journal(account_id)
+                .iter()
+                .filter(|entry| entry.at_ms >= start_ms && entry.at_ms <= now_ms)
+                .filter(|entry| matches!(entry.kind, EntryKind::Debit | EntryKind::Commit))
+                .map(|entry| entry.amount)
+                .sum()
+        });
+        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            let unchanged = account.limits.get(&scope).map(|current| &current.terms) == limit;
+            if unchanged {
+                return Ok(false);
+            }
+            account.set_spend_limit(scope, limit.cloned(), now_ms, spent_in_window, effects);
+            Ok(true)
+        });
+        setting_outcome(result)
+    }
+
+    fn set_alerts(
+        &mut self,
+        account_id: &str,
+        alerts: &AlertSettings,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) = validate_identifier(account_id) {
+            return rejected(rejection);
+        }
+        let out_of_range = |value: i64| value.unsigned_abs() > AMOUNT_MAX;
+        let invalid = alerts.low_balance.len() > THRESHOLDS_MAX
+            || alerts.low_balance.iter().any(|value| out_of_range(*value))
+            || alerts.auto_top_up_below.is_some_and(out_of_range)
+            || alerts
+                .grant_expiring_within_ms
+                .is_some_and(|within_ms| within_ms == 0 || within_ms > 100 * 366 * 86_400_000);
+        if invalid {
+            return rejected(Rejection::InvalidSettings);
+        }
+        let mut normalized = alerts.clone();
+        normalized.low_balance.sort_unstable();
+        normalized.low_balance.dedup();
+        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+            if account.alerts == normalized {
+                return Ok(false);
+            }
+            account
+                .low_balance_crossed
+                .retain(|threshold| normalized.low_balance.contains(threshold));
+            if normalized.auto_top_up_below != account.alerts.auto_top_up_below {
+                account.auto_top_up_crossed = false;
+            }
+            account.alerts = normalized;
+            // A threshold the balance is already below fires now: it is the first observation.
+            account.evaluate_balance_alerts(now_ms, effects);
+            Ok(true)
+        });
+        setting_outcome(result)
+    }
+
+    // ------------------------------------------------------------ shard-level commands
+
+    fn update_catalog(
+        &mut self,
+        change: &CatalogChange,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if let Err(rejection) = validate_catalog_change(change) {
+            return rejected(rejection);
+        }
+        let mut catalog = self.meta.catalog.clone();
+        let item_version = match change {
+            CatalogChange::RateCard { features } => {
+                if catalog
+                    .rate_cards
+                    .last()
+                    .is_some_and(|card| card.features == *features)
+                {
+                    return replayed(Accepted::CatalogUpdated {
+                        catalog_version: catalog.version,
+                        item_version: catalog.rate_card_version(),
+                    });
+                }
+                let version = catalog.rate_card_version() + 1;
+                catalog.rate_cards.push(RateCard {
+                    version,
+                    features: features.clone(),
+                    created_at_ms: now_ms,
+                });
+                version
+            }
+            CatalogChange::Plan { plan_id, terms } => {
+                let current = catalog.plans.get(plan_id);
+                if let Some(plan) = current.filter(|plan| plan.terms == *terms) {
+                    return replayed(Accepted::CatalogUpdated {
+                        catalog_version: catalog.version,
+                        item_version: plan.version,
+                    });
+                }
+                let version = current.map_or(1, |plan| plan.version + 1);
+                catalog.plans.insert(
+                    plan_id.clone(),
+                    Plan {
+                        plan_id: plan_id.clone(),
+                        terms: terms.clone(),
+                        version,
+                    },
+                );
+                version
+            }
+            CatalogChange::Webhook { endpoint } => {
+                if catalog.webhook == *endpoint {
+                    return replayed(Accepted::CatalogUpdated {
+                        catalog_version: catalog.version,
+                        item_version: catalog.version,
+                    });
+                }
+                catalog.webhook = endpoint.clone();
+                catalog.version + 1
+            }
+        };
+        catalog.version += 1;
+        let catalog_version = catalog.version;
+        self.replace_catalog(catalog, now_ms, changes);
+        accepted(Accepted::CatalogUpdated {
+            catalog_version,
+            item_version,
+        })
+    }
+
+    fn install_catalog(
+        &mut self,
+        catalog: &Catalog,
+        now_ms: u64,
+        changes: &mut ChangeSet,
+    ) -> Outcome {
+        if catalog.version <= self.meta.catalog.version {
+            return replayed(Accepted::CatalogInstalled {
+                catalog_version: self.meta.catalog.version,
+            });
+        }
+        self.replace_catalog(catalog.clone(), now_ms, changes);
+        accepted(Accepted::CatalogInstalled {
+            catalog_version: catalog.version,
+        })
+    }
+
+    /// Installs a new catalog. When plans change, every subscribed account is settled through
+    /// now first, so that period resets before this instant use the terms they had then.
+    fn replace_catalog(&mut self, catalog: Catalog, now_ms: u64, changes: &mut ChangeSet) {
+        if catalog.plans != self.meta.catalog.plans {
+            let subscribed: Vec<String> = self
+                .accounts
+                .values()
+                .filter(|account| account.subscription.is_some())
+                .map(|account| account.account_id.clone())
+                .collect();
+            for account_id in subscribed {
+                self.on_account(&account_id, now_ms, changes, |_, _, _| ());
+            }
+        }
+        self.meta.catalog = catalog;
+        changes.meta = true;
+    }
+
+    /// Settles the accounts due by `now_ms`, earliest first, at most `TICK_ACCOUNTS_MAX`.
+    fn tick(&mut self, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
+        let due: Vec<String> = self
+            .due
+            .iter()
+            .take_while(|(due_ms, _)| *due_ms <= now_ms)
+            .take(TICK_ACCOUNTS_MAX)
+            .map(|(_, account_id)| account_id.clone())
+            .collect();
+        for account_id in &due {
+            self.on_account(account_id, now_ms, changes, |_, _, _| ());
+        }
+        accepted(Accepted::Ticked {
+            accounts_settled: due.len() as u64,
+        })
+    }
+
+    /// A digest of the whole state, equal on replicas at the same applied index: XXH3-128 over
+    /// the derived `Hash` of every part (maps in key order, lengths before contents). It compares
+    /// replicas running the same build; it is not a stable format.
+    pub fn digest(&self) -> u128 {
+        let mut hasher = DigestHasher(Xxh3::new());
+        self.meta.hash(&mut hasher);
+        self.accounts.hash(&mut hasher);
+        self.debit_records.hash(&mut hasher);
+        self.grant_records.hash(&mut hasher);
+        self.reservations.hash(&mut hasher);
+        self.journals.hash(&mut hasher);
+        self.events.hash(&mut hasher);
+        hasher.0.digest128()
     }
 }
 
-/// Lets the record maps, keyed by an owned `(String, String)`, be searched with a pair of borrowed
-/// `&str` without allocating (a map can only be searched by a type its key borrows as). Both
-/// sides order exactly as the tuple does, which `Borrow` requires.
-trait RecordKey {
-    fn parts(&self) -> (&str, &str);
-}
+/// Feeds `std::hash::Hash` into XXH3.
+struct DigestHasher(Xxh3);
 
-impl RecordKey for (String, String) {
-    fn parts(&self) -> (&str, &str) {
-        (&self.0, &self.1)
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.digest()
     }
 }
 
-impl RecordKey for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
+/// The answer to a release of a reservation that is no longer active; `None` while active.
+fn finished_release(reservation: &Reservation) -> Option<Outcome> {
+    match &reservation.state {
+        ReservationState::Active => None,
+        ReservationState::Released { available, .. } => Some(replayed(Accepted::Released {
+            released: reservation.amount,
+            available: *available,
+            expired: false,
+        })),
+        ReservationState::Expired { available, .. } => Some(Outcome {
+            result: Ok(Accepted::Released {
+                released: reservation.amount,
+                available: *available,
+                expired: true,
+            }),
+            replayed: true,
+        }),
+        ReservationState::Committed { .. } => Some(rejected(Rejection::ReservationCommitted)),
+        ReservationState::Rejected { .. } => Some(rejected(Rejection::ReservationNotFound)),
     }
 }
 
-impl<'a> Borrow<dyn RecordKey + 'a> for (String, String) {
-    fn borrow(&self) -> &(dyn RecordKey + 'a) {
-        self
-    }
-}
-
-impl PartialEq for dyn RecordKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn RecordKey + '_ {}
-
-impl PartialOrd for dyn RecordKey + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn RecordKey + '_ {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.parts().cmp(&other.parts())
+/// The outcome of a setting: `Ok(true)` changed something, `Ok(false)` was already so (a
+/// replay), `None` means the account does not exist.
+fn setting_outcome(result: Option<Result<bool, Rejection>>) -> Outcome {
+    match result {
+        None => rejected(Rejection::AccountNotFound),
+        Some(Err(rejection)) => rejected(rejection),
+        Some(Ok(true)) => accepted(Accepted::Updated),
+        Some(Ok(false)) => replayed(Accepted::Updated),
     }
 }
 
@@ -824,70 +1368,71 @@ fn is_same_grant_request(
         && command.expires_at_ms == expires_at_ms
 }
 
-/// Grants are drawable in `[effective_at_ms, expires_at_ms)`.
-fn is_expired_at(grant: &Grant, now_ms: u64) -> bool {
-    grant
-        .expires_at_ms
-        .is_some_and(|expires_at_ms| expires_at_ms <= now_ms)
-}
-
-fn is_drawable_at(grant: &Grant, now_ms: u64) -> bool {
-    !grant.expired
-        && grant.remaining > 0
-        && grant.effective_at_ms <= now_ms
-        && !is_expired_at(grant, now_ms)
-}
-
-/// Draw-down order: priority (lower first), then earliest expiry (none last), then creation.
-fn draw_order(left: &Grant, right: &Grant) -> Ordering {
-    let expiry_order = match (left.expires_at_ms, right.expires_at_ms) {
-        (Some(left_at), Some(right_at)) => left_at.cmp(&right_at),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    };
-    left.priority
-        .cmp(&right.priority)
-        .then(expiry_order)
-        .then(left.sequence.cmp(&right.sequence))
-}
-
-fn signed(value: u64) -> i64 {
-    // Drawable credits are at most `granted` and overage at most AMOUNT_MAX, both within i64.
-    i64::try_from(value).expect("credit totals are bounded by i64::MAX")
-}
-
-fn source_tag(source: GrantSource) -> u64 {
-    match source {
-        GrantSource::Plan => 1,
-        GrantSource::Purchase => 2,
-        GrantSource::Promo => 3,
-        GrantSource::Seat => 4,
-        GrantSource::Manual => 5,
-    }
-}
-
-fn hash_u64(hasher: &mut Xxh3, value: u64) {
-    hasher.update(&value.to_le_bytes());
-}
-
-fn hash_option(hasher: &mut Xxh3, value: Option<u64>) {
-    match value {
-        None => hasher.update(&[0]),
-        Some(value) => {
-            hasher.update(&[1]);
-            hash_u64(hasher, value);
+fn validate_charge(charge: &Charge) -> Result<(), Rejection> {
+    match charge {
+        Charge::Credits(amount) if *amount == 0 || *amount > AMOUNT_MAX => {
+            Err(Rejection::InvalidAmount)
+        }
+        Charge::Credits(_) => Ok(()),
+        Charge::Feature { feature, quantity } => {
+            validate_identifier(feature)?;
+            if *quantity == 0 || *quantity > AMOUNT_MAX {
+                Err(Rejection::InvalidAmount)
+            } else {
+                Ok(())
+            }
         }
     }
 }
 
-fn hash_rejection(hasher: &mut Xxh3, rejection: Rejection) {
-    hasher.update(&(rejection as u16).to_le_bytes());
+/// A commit may consume nothing (the call was cancelled, nothing was used): the whole hold is
+/// released, and the commit is recorded as such.
+fn validate_charge_allowing_zero(charge: &Charge) -> Result<(), Rejection> {
+    match charge {
+        Charge::Credits(0) => Ok(()),
+        other => validate_charge(other),
+    }
 }
 
-fn hash_str(hasher: &mut Xxh3, value: &str) {
-    hash_u64(hasher, value.len() as u64);
-    hasher.update(value.as_bytes());
+fn validate_catalog_change(change: &CatalogChange) -> Result<(), Rejection> {
+    match change {
+        CatalogChange::RateCard { features } => {
+            if features.len() > FEATURES_MAX {
+                return Err(Rejection::InvalidSettings);
+            }
+            for (feature, credits_per_unit) in features {
+                validate_identifier(feature)?;
+                if *credits_per_unit > AMOUNT_MAX {
+                    return Err(Rejection::InvalidAmount);
+                }
+            }
+            Ok(())
+        }
+        CatalogChange::Plan { plan_id, terms } => {
+            validate_identifier(plan_id)?;
+            if !terms.period.is_valid() {
+                return Err(Rejection::InvalidPeriod);
+            }
+            let too_large = terms.credits_per_period > AMOUNT_MAX
+                || terms.rollover_max.is_some_and(|cap| cap > AMOUNT_MAX);
+            if too_large {
+                Err(Rejection::InvalidAmount)
+            } else {
+                Ok(())
+            }
+        }
+        CatalogChange::Webhook { endpoint } => match endpoint {
+            Some(endpoint)
+                if endpoint.url.is_empty()
+                    || endpoint.url.len() > WEBHOOK_FIELD_LENGTH_MAX
+                    || endpoint.secret.is_empty()
+                    || endpoint.secret.len() > WEBHOOK_FIELD_LENGTH_MAX =>
+            {
+                Err(Rejection::InvalidSettings)
+            }
+            _ => Ok(()),
+        },
+    }
 }
 
 /// Identifiers: 1 to `IDENTIFIER_LENGTH_MAX` bytes of `[A-Za-z0-9._:-]`, so that they are safe
@@ -898,6 +1443,21 @@ pub fn validate_identifier(identifier: &str) -> Result<(), Rejection> {
         && identifier
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Rejection::InvalidIdentifier)
+    }
+}
+
+/// A grant id named by a void: a client's identifier, or the id of a grant the ledger made for
+/// a subscription (`~` marks those; it never appears in a client's identifiers).
+fn validate_grant_reference(grant_id: &str) -> Result<(), Rejection> {
+    let valid = !grant_id.is_empty()
+        && grant_id.len() <= 4 * IDENTIFIER_LENGTH_MAX
+        && grant_id.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-' | b'~')
+        });
     if valid {
         Ok(())
     } else {

@@ -2,34 +2,53 @@
 //!
 //! Commands and a timestamp go in; outcomes and the set of changed keys come out. Every
 //! accept/reject decision of the ledger is taken here, at apply time, in log order, identically
-//! on every replica.
+//! on every replica: grants, debits priced by the rate card, reservations, expiry, voids,
+//! subscriptions and their period resets, spend limits, alerts, and the journal they all write.
 //!
 //! **Boundary:** this crate does no I/O, reads no clock, spawns nothing and is not async. It must
 //! never depend on openraft, RocksDB, actix, tokio, axum or any serialization format (it only
 //! derives `serde` traits so that the layers above can choose one).
 //!
 //! **Invariants** (asserted after every apply, also in release builds; a replica that breaks one
-//! stops): per account, `granted + overage == Σ remaining + consumed + expired` (conservation)
-//! and `overage <= overdraft_limit` (no overspend). Every debit key and every grant id is
-//! decided once, accepted or rejected, and every retry gets that decision back as a replay
-//! (exactly-once; rejections that depend on state or time are recorded for that, see
-//! `DebitRecord` and `GrantRecord`). The same commands at the same stamps give the same state
-//! and `Ledger::digest` (determinism).
+//! stops): per account, `granted + overage == Σ remaining + reserved + consumed + expired +
+//! voided` (conservation), `overage <= overdraft_limit` (no overspend), and the journal's
+//! running balance equals the account's. Every debit key, grant id and reservation id is decided
+//! once, accepted or rejected, and every retry gets that decision back as a replay
+//! (exactly-once; rejections that depend on state or time are recorded for that). The same
+//! commands at the same stamps give the same state and `Ledger::digest` (determinism).
 //!
 //! Code map:
-//! - `types.rs`: the vocabulary: `Command`, `Outcome`, `Rejection` (stable codes, in order of
-//!   precedence), `Account`, `Grant`, `DebitRecord`, `GrantRecord`, the bounds (`AMOUNT_MAX`,
-//!   ...).
-//! - `ledger.rs`: `Ledger::apply`, the only place a decision is taken; lazy settlement of expiry
-//!   and overage repayment; `view`, `digest`, `restore`, `ChangeSet`.
+//! - `types.rs`: the vocabulary: `Command`, `Outcome`, `Rejection` (stable codes), `Account`,
+//!   `Grant`, `Reservation`, the catalog (rate card, plans, webhook), records, bounds.
+//! - `ledger.rs`: `Ledger::apply`, the only entry point of a decision; records, the due index,
+//!   `Tick`, the catalog, `view`, `digest`, `restore`, `ChangeSet`.
+//! - `account.rs`: the credit mechanics of one account and its lazy settlement in time order.
+//! - `journal.rs`: journal entries, events, and the reports (usage, balance at, statement).
+//! - `period.rs`: ISO 8601 periods and calendar arithmetic.
 //! - `shard.rs`: `shard_for_account`, the placement of an account, fixed forever.
+//! - `fault_injection.rs`: named bugs for the chaos harness's self-test (feature-gated).
 //! - `tests/table`: state-machine tables, one command per line with its expected outcome.
 //! - `tests/model.rs`: property tests against an independent reference model.
 
+mod account;
+pub mod fault_injection;
+mod journal;
 mod ledger;
+mod period;
 mod shard;
 mod types;
 
-pub use ledger::{validate_identifier, AccountView, ChangeSet, Ledger};
+pub use journal::{
+    balance_at, statement, usage, EntryKind, Event, EventKind, FeatureUsage, JournalEntry,
+    Statement,
+};
+pub use ledger::{
+    validate_identifier, AccountView, ChangeSet, Ledger, LedgerParts, ShardMeta, TICK_ACCOUNTS_MAX,
+    WEBHOOK_FIELD_LENGTH_MAX,
+};
+pub use period::{Period, PeriodError};
 pub use shard::{shard_for_account, DEFAULT_SHARD_COUNT};
 pub use types::*;
+
+/// The shard that sequences the catalog (rate card, plans, webhook endpoint).
+pub const CATALOG_SHARD: u32 = 0;

@@ -17,8 +17,8 @@ mod support;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use ledger_raft::network::{
-    serve, HandlerError, RaftTransport, RpcHandler, ShardNetwork, ShardRegistry, TransportConfig,
-    TransportError, MAX_FRAME_BYTES, PROTOCOL_PREAMBLE,
+    handshake, serve, HandlerError, RaftTransport, RpcHandler, ShardNetwork, ShardRegistry,
+    TransportConfig, TransportError, MAX_FRAME_BYTES,
 };
 use ledger_raft::{Entry, LedgerBatch, LedgerNode, NodeId, ShardId, TypeConfig};
 use openraft::error::{Fatal, InstallSnapshotError, RPCError, RaftError};
@@ -665,10 +665,7 @@ async fn bad_frames_close_only_their_own_connection() {
 
     // A frame one byte over the limit: refused on its header alone.
     let mut oversized = TcpStream::connect(&server.address).await.expect("connect");
-    oversized
-        .write_all(&PROTOCOL_PREAMBLE)
-        .await
-        .expect("write");
+    oversized.write_all(&handshake(9)).await.expect("write");
     let too_long = u32::try_from(MAX_FRAME_BYTES + 1).expect("the limit fits a u32");
     oversized
         .write_all(&too_long.to_be_bytes())
@@ -681,10 +678,7 @@ async fn bad_frames_close_only_their_own_connection() {
 
     // A frame whose payload is not a request.
     let mut malformed = TcpStream::connect(&server.address).await.expect("connect");
-    malformed
-        .write_all(&PROTOCOL_PREAMBLE)
-        .await
-        .expect("write");
+    malformed.write_all(&handshake(9)).await.expect("write");
     let garbage = [1_u8, 0, 200, 200, 200];
     malformed
         .write_all(&(garbage.len() as u32).to_be_bytes())

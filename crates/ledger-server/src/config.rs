@@ -30,6 +30,10 @@ pub enum ConfigError {
 pub struct ClusterNode {
     pub id: NodeId,
     pub http_addr: String,
+    /// The address *other nodes dial* to reach this node's Raft listener. It is usually the
+    /// node's own top-level `raft_addr`, but may differ when something sits in between (a NAT,
+    /// a TCP proxy, or the chaos harness's partitioning proxy): the node binds its top-level
+    /// `raft_addr` and advertises this one.
     pub raft_addr: String,
 }
 
@@ -145,10 +149,19 @@ impl NodeConfig {
                 self.node_id
             ));
         };
-        if me.http_addr != self.http_addr || me.raft_addr != self.raft_addr {
+        // The Raft address may be advertised differently (see `ClusterNode::raft_addr`); the
+        // HTTP address may not, because nodes forward requests to each other's `http_addr` and
+        // a node must recognise itself among the leaders it is told about.
+        if me.http_addr != self.http_addr {
             return invalid(format!(
-                "node {}: http_addr/raft_addr differ from its entry in cluster.nodes",
+                "node {}: http_addr differs from its entry in cluster.nodes",
                 self.node_id
+            ));
+        }
+        if self.raft_addr.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "raft_addr {:?} is not an ip:port address",
+                self.raft_addr
             ));
         }
         Ok(())
@@ -212,14 +225,32 @@ nodes = [
         duplicate.cluster.nodes.push(base.cluster.nodes[0].clone());
         let mut bad_address = base.clone();
         bad_address.cluster.nodes[1].raft_addr = "nowhere".into();
-        let mut mismatch = base;
+        let mut mismatch = base.clone();
         mismatch.http_addr = "127.0.0.1:9999".into();
-        for config in [not_listed, zero_shards, duplicate, bad_address, mismatch] {
+        let mut bad_bind = base.clone();
+        bad_bind.raft_addr = "everywhere".into();
+        for config in [
+            not_listed,
+            zero_shards,
+            duplicate,
+            bad_address,
+            mismatch,
+            bad_bind,
+        ] {
             assert!(
                 matches!(config.validate(), Err(ConfigError::Invalid { .. })),
                 "{config:?} should be invalid"
             );
         }
+    }
+
+    #[test]
+    fn a_node_may_advertise_another_raft_address_than_it_binds() {
+        let mut proxied: NodeConfig = toml::from_str(CONTRACT_EXAMPLE).expect("parses");
+        proxied.raft_addr = "127.0.0.1:17101".into();
+        proxied
+            .validate()
+            .expect("bind and advertised Raft addresses may differ");
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //! `ledger-actors`; this crate must not re-implement any of them. JSON lives here and in
 //! `ledger-api` only.
 
+mod background;
 pub mod config;
+pub mod fault_injection;
 pub mod http;
 pub mod metrics;
 pub mod node;
 
+pub use background::{signature, EVENT_ID_HEADER, SIGNATURE_HEADER};
 pub use config::NodeConfig;
 pub use node::{NodeTuning, RunningNode};

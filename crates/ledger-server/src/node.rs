@@ -265,6 +265,10 @@ impl RunningNode {
             address: config.http_addr.clone(),
             source,
         })?;
+        tasks.extend(crate::background::spawn(
+            Arc::clone(&context),
+            shutdown_receiver.clone(),
+        ));
         let router = http::router(context.clone());
         let shutdown = wait_for_shutdown(shutdown_receiver.clone());
         tasks.push(tokio::spawn(async move {

@@ -13,6 +13,10 @@
 //! | `ledger` | shard ++ `ACCOUNT` ++ len-prefixed account id | bincode `Account` |
 //! | `ledger` | shard ++ `DEBIT_RECORD` ++ len-prefixed account id ++ len-prefixed key | bincode `DebitRecord` |
 //! | `ledger` | shard ++ `GRANT_RECORD` ++ len-prefixed account id ++ len-prefixed grant id | bincode `GrantRecord` |
+//! | `ledger` | shard ++ `RESERVATION` ++ len-prefixed account id ++ len-prefixed reservation id | bincode `Reservation` |
+//! | `ledger` | shard ++ `JOURNAL` ++ len-prefixed account id ++ sequence (u64) | bincode `JournalEntry` |
+//! | `ledger` | shard ++ `EVENT` ++ sequence (u64) | bincode `Event` |
+//! | `ledger` | shard ++ `SHARD_META` | bincode `ShardMeta` (catalog, acknowledged events) |
 //! | `snapshot` | shard ++ `SNAPSHOT_META` | bincode `StoredSnapshotMeta` of the current snapshot |
 //! | `snapshot` | shard ++ `SNAPSHOT_DATA` | the current snapshot's bytes (bincode format version `u32`, then a bincode `SnapshotPayload`) |
 
@@ -39,6 +43,10 @@ pub(crate) const LEDGER_APPLIED_STATE: u8 = 0;
 pub(crate) const LEDGER_ACCOUNT: u8 = 1;
 pub(crate) const LEDGER_DEBIT_RECORD: u8 = 2;
 pub(crate) const LEDGER_GRANT_RECORD: u8 = 3;
+pub(crate) const LEDGER_RESERVATION: u8 = 4;
+pub(crate) const LEDGER_JOURNAL: u8 = 5;
+pub(crate) const LEDGER_EVENT: u8 = 6;
+pub(crate) const LEDGER_SHARD_META: u8 = 7;
 
 /// Tags of the `snapshot` column family. Stored on disk: never renumber.
 pub(crate) const SNAPSHOT_META: u8 = 1;
@@ -111,6 +119,34 @@ pub(crate) fn grant_record_key(shard: ShardId, account_id: &str, grant_id: &str)
     key
 }
 
+pub(crate) fn reservation_key(shard: ShardId, account_id: &str, reservation_id: &str) -> Vec<u8> {
+    let mut key =
+        Vec::with_capacity(SHARD_PREFIX_LENGTH + 1 + 8 + account_id.len() + reservation_id.len());
+    key.extend_from_slice(&tagged_key(shard, LEDGER_RESERVATION));
+    push_length_prefixed(&mut key, account_id.as_bytes());
+    push_length_prefixed(&mut key, reservation_id.as_bytes());
+    key
+}
+
+pub(crate) fn journal_key(shard: ShardId, account_id: &str, sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SHARD_PREFIX_LENGTH + 1 + 4 + account_id.len() + 8);
+    key.extend_from_slice(&tagged_key(shard, LEDGER_JOURNAL));
+    push_length_prefixed(&mut key, account_id.as_bytes());
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+pub(crate) fn event_key(shard: ShardId, sequence: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..5].copy_from_slice(&tagged_key(shard, LEDGER_EVENT));
+    key[5..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+pub(crate) fn shard_meta_key(shard: ShardId) -> [u8; 5] {
+    tagged_key(shard, LEDGER_SHARD_META)
+}
+
 pub(crate) fn snapshot_key(shard: ShardId, tag: u8) -> [u8; 5] {
     tagged_key(shard, tag)
 }
@@ -130,6 +166,18 @@ pub(crate) enum LedgerKey {
         account_id: String,
         grant_id: String,
     },
+    Reservation {
+        account_id: String,
+        reservation_id: String,
+    },
+    Journal {
+        account_id: String,
+        sequence: u64,
+    },
+    Event {
+        sequence: u64,
+    },
+    ShardMeta,
 }
 
 /// Parses a `ledger` key of any shard; `None` if it is malformed (a corrupt database).
@@ -148,6 +196,18 @@ pub(crate) fn parse_ledger_key(key: &[u8]) -> Option<LedgerKey> {
             account_id: take_length_prefixed(&mut rest)?,
             grant_id: take_length_prefixed(&mut rest)?,
         },
+        LEDGER_RESERVATION => LedgerKey::Reservation {
+            account_id: take_length_prefixed(&mut rest)?,
+            reservation_id: take_length_prefixed(&mut rest)?,
+        },
+        LEDGER_JOURNAL => LedgerKey::Journal {
+            account_id: take_length_prefixed(&mut rest)?,
+            sequence: take_u64(&mut rest)?,
+        },
+        LEDGER_EVENT => LedgerKey::Event {
+            sequence: take_u64(&mut rest)?,
+        },
+        LEDGER_SHARD_META => LedgerKey::ShardMeta,
         _ => return None,
     };
     rest.is_empty().then_some(parsed)
@@ -166,6 +226,12 @@ fn push_length_prefixed(key: &mut Vec<u8>, bytes: &[u8]) {
     let length = u32::try_from(bytes.len()).expect("identifiers are far shorter than 4 GiB");
     key.extend_from_slice(&length.to_be_bytes());
     key.extend_from_slice(bytes);
+}
+
+fn take_u64(rest: &mut &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    *rest = &rest[8..];
+    Some(u64::from_be_bytes(bytes))
 }
 
 fn take_length_prefixed(rest: &mut &[u8]) -> Option<String> {
@@ -209,6 +275,10 @@ mod tests {
                 account_key(shard, "acct"),
                 debit_record_key(shard, "acct", "key"),
                 grant_record_key(shard, "acct", "grant"),
+                reservation_key(shard, "acct", "hold"),
+                journal_key(shard, "acct", u64::MAX),
+                event_key(shard, u64::MAX).to_vec(),
+                shard_meta_key(shard).to_vec(),
                 snapshot_key(shard, SNAPSHOT_META).to_vec(),
                 snapshot_key(shard, SNAPSHOT_DATA).to_vec(),
             ];
@@ -256,6 +326,22 @@ mod tests {
                 },
             ),
             (applied_state_key(5).to_vec(), LedgerKey::AppliedState),
+            (
+                reservation_key(5, "a", "bc"),
+                LedgerKey::Reservation {
+                    account_id: "a".into(),
+                    reservation_id: "bc".into(),
+                },
+            ),
+            (
+                journal_key(5, "acct", 258),
+                LedgerKey::Journal {
+                    account_id: "acct".into(),
+                    sequence: 258,
+                },
+            ),
+            (event_key(5, 7).to_vec(), LedgerKey::Event { sequence: 7 }),
+            (shard_meta_key(5).to_vec(), LedgerKey::ShardMeta),
         ];
         for (key, expected) in cases {
             assert_eq!(parse_ledger_key(&key), Some(expected));

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledger_core::{Account, DebitRecord, GrantRecord, Ledger};
+use ledger_core::{
+    Account, DebitRecord, GrantRecord, JournalEntry, Ledger, LedgerParts, Reservation,
+};
 use ledger_raft::{Entry, LedgerLogId, ShardId, ShardState, SharedShardState};
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -309,9 +311,7 @@ fn load_log_pointers(handle: &ShardHandle) -> Result<LogPointers, StorageError> 
 fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
     let shard = handle.shard;
     let mut applied_state = AppliedState::default();
-    let mut accounts: Vec<Account> = Vec::new();
-    let mut debit_records: Vec<((String, String), DebitRecord)> = Vec::new();
-    let mut grant_records: Vec<((String, String), GrantRecord)> = Vec::new();
+    let mut parts = LedgerParts::default();
     let (start, end) = shard_range(shard);
     handle.node.scan(
         CF_LEDGER,
@@ -336,21 +336,42 @@ fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
                             ),
                         });
                     }
-                    accounts.push(account);
+                    parts.accounts.push(account);
                 }
                 Some(LedgerKey::DebitRecord {
                     account_id,
                     idempotency_key,
                 }) => {
                     let record: DebitRecord = decode(value, "debit record", shard)?;
-                    debit_records.push(((account_id, idempotency_key), record));
+                    parts
+                        .debit_records
+                        .push(((account_id, idempotency_key), record));
                 }
                 Some(LedgerKey::GrantRecord {
                     account_id,
                     grant_id,
                 }) => {
                     let record: GrantRecord = decode(value, "grant record", shard)?;
-                    grant_records.push(((account_id, grant_id), record));
+                    parts.grant_records.push(((account_id, grant_id), record));
+                }
+                Some(LedgerKey::Reservation {
+                    account_id,
+                    reservation_id,
+                }) => {
+                    let reservation: Reservation = decode(value, "reservation", shard)?;
+                    parts
+                        .reservations
+                        .push(((account_id, reservation_id), reservation));
+                }
+                Some(LedgerKey::Journal { account_id, .. }) => {
+                    let entry: JournalEntry = decode(value, "journal entry", shard)?;
+                    parts.journal.push((account_id, entry));
+                }
+                Some(LedgerKey::Event { .. }) => {
+                    parts.events.push(decode(value, "event", shard)?);
+                }
+                Some(LedgerKey::ShardMeta) => {
+                    parts.meta = decode(value, "shard meta", shard)?;
                 }
                 None => {
                     return Err(StorageError::Corrupt {
@@ -363,13 +384,11 @@ fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
             Ok(true)
         },
     )?;
+    // The stamp moves with almost every apply, so it is stored with `last_applied` rather than
+    // with the rest of the shard's metadata.
+    parts.meta.last_timestamp_ms = applied_state.last_timestamp_ms;
     Ok(ShardState {
-        ledger: Ledger::restore(
-            accounts,
-            debit_records,
-            grant_records,
-            applied_state.last_timestamp_ms,
-        ),
+        ledger: Ledger::restore(parts),
         last_applied: applied_state.last_applied,
         last_membership: applied_state.last_membership,
     })

@@ -20,7 +20,10 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use ledger_core::{Account, ChangeSet, DebitRecord, GrantRecord, Ledger};
+use ledger_core::{
+    Account, ChangeSet, DebitRecord, Event, GrantRecord, JournalEntry, Ledger, LedgerParts,
+    Reservation, ShardMeta,
+};
 use ledger_raft::{
     BatchOutcome, Entry, LedgerLogId, LedgerMembership, LedgerNode, NodeId, ShardId, ShardState,
     SharedShardState, TypeConfig,
@@ -40,8 +43,9 @@ type RaftStorageError = openraft::StorageError<NodeId>;
 type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
 
 /// Version of the snapshot payload encoding; a follower refuses a payload of another version.
-/// Version 2 added `grant_records`.
-const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// Version 2 added `grant_records`; version 3 the credit semantics (reservations, journal,
+/// events, the shard's metadata).
+const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// What the `ledger` column family records besides accounts, debit records and grant records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +65,10 @@ struct SnapshotPayload {
     accounts: Vec<Account>,
     debit_records: Vec<((String, String), DebitRecord)>,
     grant_records: Vec<((String, String), GrantRecord)>,
+    reservations: Vec<((String, String), Reservation)>,
+    journal: Vec<(String, JournalEntry)>,
+    events: Vec<Event>,
+    meta: ShardMeta,
 }
 
 /// The encoding side of a snapshot, borrowing from the ledger: the format version, then the
@@ -75,6 +83,10 @@ struct SnapshotPayloadRef<'a> {
     accounts: Vec<&'a Account>,
     debit_records: Vec<(&'a (String, String), &'a DebitRecord)>,
     grant_records: Vec<(&'a (String, String), &'a GrantRecord)>,
+    reservations: Vec<(&'a (String, String), &'a Reservation)>,
+    journal: Vec<(&'a String, &'a JournalEntry)>,
+    events: &'a [Event],
+    meta: &'a ShardMeta,
 }
 
 /// The stored metadata of the current snapshot of a shard.
@@ -312,6 +324,44 @@ fn encode_changes(
             None => batch.delete_cf(family, key),
         }
     }
+    for (account_id, reservation_id) in &changes.reservations {
+        let key = reservation_key(shard_id, account_id, reservation_id);
+        match state.ledger.reservation(account_id, reservation_id) {
+            Some(reservation) => {
+                batch.put_cf(family, key, encode(reservation, "reservation", shard_id)?)
+            }
+            None => batch.delete_cf(family, key),
+        }
+    }
+    for (account_id, first_sequence) in &changes.journal {
+        let journal = state.ledger.journal(account_id);
+        let first_index = (*first_sequence as usize).saturating_sub(1);
+        for entry in journal.get(first_index..).unwrap_or_default() {
+            batch.put_cf(
+                family,
+                journal_key(shard_id, account_id, entry.sequence),
+                encode(entry, "journal entry", shard_id)?,
+            );
+        }
+    }
+    if let Some(first_sequence) = changes.events_from {
+        let events = state.ledger.events();
+        let first_index = (first_sequence as usize).saturating_sub(1);
+        for event in events.get(first_index..).unwrap_or_default() {
+            batch.put_cf(
+                family,
+                event_key(shard_id, event.sequence),
+                encode(event, "event", shard_id)?,
+            );
+        }
+    }
+    if changes.meta {
+        batch.put_cf(
+            family,
+            shard_meta_key(shard_id),
+            encode(state.ledger.meta(), "shard meta", shard_id)?,
+        );
+    }
     let applied_state = AppliedState {
         last_applied: state.last_applied,
         last_membership: state.last_membership.clone(),
@@ -394,6 +444,14 @@ fn encode_snapshot_payload(shard: ShardId, state: &ShardState) -> Result<Vec<u8>
         accounts: state.ledger.accounts().collect(),
         debit_records: state.ledger.debit_records().collect(),
         grant_records: state.ledger.grant_records().collect(),
+        reservations: state.ledger.reservations().collect(),
+        journal: state
+            .ledger
+            .journals()
+            .flat_map(|(account_id, entries)| entries.iter().map(move |entry| (account_id, entry)))
+            .collect(),
+        events: state.ledger.events(),
+        meta: state.ledger.meta(),
     };
     encode(&payload, "snapshot", shard)
 }
@@ -486,6 +544,32 @@ fn install_snapshot_blocking(
             encode(record, "grant record", shard_id)?,
         );
     }
+    for ((account_id, reservation_id), reservation) in &payload.reservations {
+        batch.put_cf(
+            ledger_family,
+            reservation_key(shard_id, account_id, reservation_id),
+            encode(reservation, "reservation", shard_id)?,
+        );
+    }
+    for (account_id, entry) in &payload.journal {
+        batch.put_cf(
+            ledger_family,
+            journal_key(shard_id, account_id, entry.sequence),
+            encode(entry, "journal entry", shard_id)?,
+        );
+    }
+    for event in &payload.events {
+        batch.put_cf(
+            ledger_family,
+            event_key(shard_id, event.sequence),
+            encode(event, "event", shard_id)?,
+        );
+    }
+    batch.put_cf(
+        ledger_family,
+        shard_meta_key(shard_id),
+        encode(&payload.meta, "shard meta", shard_id)?,
+    );
     let applied_state = AppliedState {
         last_applied: meta.last_log_id,
         last_membership: meta.last_membership.clone(),
@@ -509,12 +593,17 @@ fn install_snapshot_blocking(
     slot.stored_last_log_id = Some(meta.last_log_id);
     drop(slot);
 
-    let ledger = Ledger::restore(
-        payload.accounts,
-        payload.debit_records,
-        payload.grant_records,
-        payload.last_timestamp_ms,
-    );
+    let mut shard_meta = payload.meta;
+    shard_meta.last_timestamp_ms = payload.last_timestamp_ms;
+    let ledger = Ledger::restore(LedgerParts {
+        accounts: payload.accounts,
+        debit_records: payload.debit_records,
+        grant_records: payload.grant_records,
+        reservations: payload.reservations,
+        journal: payload.journal,
+        events: payload.events,
+        meta: shard_meta,
+    });
     *state.write() = ShardState {
         ledger,
         last_applied: meta.last_log_id,

@@ -280,19 +280,19 @@ async fn a_snapshot_of_another_format_version_is_refused_and_changes_nothing() -
     apply_random_entries(&mut follower, &mut follower_model, &mut other, 1, 10).await?;
     let applied_before = follower.applied_state().await?;
 
-    // The version is the first byte (bincode writes a small u32 as one byte): make it 1, the
-    // version before grant records existed.
+    // The version is the first byte (bincode writes a small u32 as one byte): make it 2, the
+    // version before the credit semantics existed.
     let mut data = snapshot.snapshot.into_inner();
-    ensure!(data.first() == Some(&2), "the current format version is 2");
-    data[0] = 1;
+    ensure!(data.first() == Some(&3), "the current format version is 3");
+    data[0] = 2;
     let mut receiving = follower.begin_receiving_snapshot().await?;
     *receiving = std::io::Cursor::new(data);
     let refused = follower.install_snapshot(&snapshot.meta, receiving).await;
     let error = refused
         .err()
-        .context("a snapshot of version 1 is refused")?;
+        .context("a snapshot of version 2 is refused")?;
     ensure!(
-        error.to_string().contains("format version 1"),
+        error.to_string().contains("format version 2"),
         "refused for its version: {error}"
     );
     assert_eq!(follower_state.read().ledger, follower_model);

@@ -48,6 +48,12 @@ fn main() -> anyhow::Result<()> {
         std::process::abort();
     }));
 
+    if let Some(bug) = ledger_server::fault_injection::enable_from_environment()? {
+        tracing::warn!(
+            bug = bug.name(),
+            "FAULT INJECTION: this node runs with a deliberate bug (chaos harness self-test)"
+        );
+    }
     let config = match &arguments.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::single_node(),

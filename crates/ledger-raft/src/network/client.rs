@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use super::error::{HandlerError, TransportError};
 use super::faults::LinkFaults;
 use super::frame::{
-    decode_payload, encode_frame, FrameReader, RequestBody, RequestFrame, ResponseBody,
-    ResponseFrame, MAX_FRAME_BYTES, PROTOCOL_PREAMBLE,
+    decode_payload, encode_frame, handshake, FrameReader, RequestBody, RequestFrame, ResponseBody,
+    ResponseFrame, MAX_FRAME_BYTES,
 };
 use crate::types::{LedgerNode, NodeId, ShardId, TypeConfig};
 
@@ -133,7 +133,7 @@ impl RaftTransport {
                 return Arc::clone(link);
             }
         }
-        let link = PeerLink::start(address.to_string(), self.config.clone());
+        let link = PeerLink::start(address.to_string(), self.local_node_id, self.config.clone());
         links.insert(address.to_string(), Arc::clone(&link));
         link
     }
@@ -388,11 +388,12 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    fn start(address: String, config: TransportConfig) -> Arc<PeerLink> {
+    fn start(address: String, local_node_id: NodeId, config: TransportConfig) -> Arc<PeerLink> {
         let (outbound, queue) = mpsc::channel(config.outbound_queue_capacity.max(1));
         let waiters = Arc::new(Waiters::new(address.clone()));
         let task = LinkTask {
             address: address.clone(),
+            local_node_id,
             backoff: ReconnectBackoff::new(&config),
             config,
             waiters: Arc::clone(&waiters),
@@ -639,6 +640,8 @@ enum LinkEvent {
 /// notices when the connection dies.
 struct LinkTask {
     address: String,
+    /// Named in the handshake of every connection.
+    local_node_id: NodeId,
     config: TransportConfig,
     backoff: ReconnectBackoff,
     waiters: Arc<Waiters>,
@@ -728,7 +731,7 @@ impl LinkTask {
         let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
         // Buffered; it leaves with the first request.
         writer
-            .write_all(&PROTOCOL_PREAMBLE)
+            .write_all(&handshake(self.local_node_id))
             .await
             .map_err(|source| TransportError::Io { source })?;
         self.waiters.open(id);

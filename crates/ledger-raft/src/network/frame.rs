@@ -1,4 +1,5 @@
-//! The wire format: a connection opens with [`PROTOCOL_PREAMBLE`] (client to server only), then
+//! The wire format: a connection opens with the [`handshake`] ([`PROTOCOL_PREAMBLE`] and the
+//! dialing node's id; client to server only), then
 //! carries frames, each a `u32` big-endian payload length followed by the payload, a
 //! [`RequestFrame`] (client to server) or a [`ResponseFrame`] (server to client) encoded with
 //! `bincode::serde` and `bincode::config::standard()`.
@@ -23,7 +24,20 @@ use crate::types::{NodeId, ShardId, TypeConfig};
 /// bincode is not self-describing, so two builds that disagree on a message layout would
 /// misread each other silently; the preamble makes a mismatch a clean refusal instead. Bump the
 /// last byte on every incompatible change of the messages below (including openraft's types).
-pub const PROTOCOL_PREAMBLE: [u8; 8] = *b"LDGRAFT\x01";
+pub const PROTOCOL_PREAMBLE: [u8; 8] = *b"LDGRAFT\x02";
+
+/// Bytes of the connection handshake: the preamble, then the dialing node's id (u64, big
+/// endian). Naming the dialer lets the receiver log who connected, and lets a fault-injecting
+/// proxy between nodes (the chaos harness's partitions) know which link a connection is.
+pub const HANDSHAKE_BYTES: usize = PROTOCOL_PREAMBLE.len() + 8;
+
+/// The handshake a node with id `dialer` opens every connection with.
+pub fn handshake(dialer: NodeId) -> [u8; HANDSHAKE_BYTES] {
+    let mut bytes = [0_u8; HANDSHAKE_BYTES];
+    bytes[..PROTOCOL_PREAMBLE.len()].copy_from_slice(&PROTOCOL_PREAMBLE);
+    bytes[PROTOCOL_PREAMBLE.len()..].copy_from_slice(&dialer.to_be_bytes());
+    bytes
+}
 
 /// The default limit of a frame's payload. It bounds the memory one frame can take; an
 /// append-entries request that would exceed it is split by openraft (`PayloadTooLarge`).
@@ -140,22 +154,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Reads and checks the connection's preamble.
-    pub(crate) async fn read_preamble(&mut self) -> Result<(), TransportError> {
-        while self.buffer.len() < PROTOCOL_PREAMBLE.len() {
+    /// Reads and checks the connection's handshake; returns the dialing node's id.
+    pub(crate) async fn read_handshake(&mut self) -> Result<NodeId, TransportError> {
+        while self.buffer.len() < HANDSHAKE_BYTES {
             if self.fill_buffer().await? == 0 {
                 return Err(TransportError::BadPreamble {
                     received: self.buffer.to_vec(),
                 });
             }
         }
-        let received = self.buffer.split_to(PROTOCOL_PREAMBLE.len());
-        if received[..] != PROTOCOL_PREAMBLE {
+        let received = self.buffer.split_to(HANDSHAKE_BYTES);
+        let (preamble, dialer) = received.split_at(PROTOCOL_PREAMBLE.len());
+        if preamble != PROTOCOL_PREAMBLE {
             return Err(TransportError::BadPreamble {
-                received: received.to_vec(),
+                received: preamble.to_vec(),
             });
         }
-        Ok(())
+        let mut dialer_bytes = [0_u8; 8];
+        dialer_bytes.copy_from_slice(dialer);
+        Ok(NodeId::from_be_bytes(dialer_bytes))
     }
 
     /// The next frame's payload, or `None` when the peer closed the connection between frames.
@@ -214,6 +231,8 @@ mod tests {
     use tokio::io::ReadBuf;
 
     use super::*;
+
+    const DIALER: NodeId = 7;
     use crate::types::{Entry, LedgerBatch, LedgerNode};
 
     fn sample_membership() -> Membership<NodeId, LedgerNode> {
@@ -448,7 +467,7 @@ mod tests {
             .expect("a runtime");
         runtime.block_on(async move {
             let mut reader = FrameReader::new(stream, max_frame_bytes);
-            reader.read_preamble().await?;
+            reader.read_handshake().await?;
             let mut frames = Vec::new();
             while let Some(frame) = reader.next_frame().await? {
                 frames.push(frame);
@@ -464,7 +483,7 @@ mod tests {
             payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20),
             chunk_sizes in proptest::collection::vec(1_usize..64, 1..8),
         ) {
-            let mut bytes = PROTOCOL_PREAMBLE.to_vec();
+            let mut bytes = handshake(DIALER).to_vec();
             for payload in &payloads {
                 bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
                 bytes.extend_from_slice(payload);
@@ -481,11 +500,11 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 1..300),
             cut_seed in any::<usize>(),
         ) {
-            let mut bytes = PROTOCOL_PREAMBLE.to_vec();
+            let mut bytes = handshake(DIALER).to_vec();
             bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
             bytes.extend_from_slice(&payload);
             let frame_bytes = 4 + payload.len();
-            let keep = PROTOCOL_PREAMBLE.len() + 1 + cut_seed % (frame_bytes - 1);
+            let keep = HANDSHAKE_BYTES + 1 + cut_seed % (frame_bytes - 1);
             bytes.truncate(keep);
             let stream = ChunkedStream { bytes, position: 0, chunk_sizes: vec![7], next_chunk: 0 };
             let truncated = matches!(
@@ -498,7 +517,7 @@ mod tests {
 
     #[test]
     fn an_oversized_length_is_refused_before_its_payload_arrives() {
-        let mut bytes = PROTOCOL_PREAMBLE.to_vec();
+        let mut bytes = handshake(DIALER).to_vec();
         bytes.extend_from_slice(&101_u32.to_be_bytes());
         let stream = ChunkedStream {
             bytes,
@@ -513,6 +532,24 @@ mod tests {
                 limit_bytes: 100
             })
         ));
+    }
+
+    #[test]
+    fn the_handshake_names_the_dialer() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let bytes = handshake(u64::MAX - 3).to_vec();
+        let dialer = runtime.block_on(async move {
+            let stream = ChunkedStream {
+                bytes,
+                position: 0,
+                chunk_sizes: vec![5],
+                next_chunk: 0,
+            };
+            FrameReader::new(stream, 100).read_handshake().await
+        });
+        assert_eq!(dialer.expect("a well-formed handshake"), u64::MAX - 3);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! ## Wire protocol
 //!
 //! Each node dials each peer once (per direction) and sends all shards' requests over that
-//! connection. The client opens with an 8-byte preamble ([`PROTOCOL_PREAMBLE`]: protocol name and
-//! version), then both sides exchange frames: a `u32` big-endian payload length, then the
+//! connection. The client opens with a 16-byte [`handshake`]: an 8-byte preamble
+//! ([`PROTOCOL_PREAMBLE`]: protocol name and version) and its own node id (u64, big endian); then
+//! both sides exchange frames: a `u32` big-endian payload length, then the
 //! payload, encoded with `bincode::serde` and `bincode::config::standard()`. A request frame
 //! carries a request id (chosen by the client), the shard id and one of append-entries, vote or
 //! install-snapshot (openraft's default chunked snapshot transfer); a response frame carries the
@@ -41,5 +42,5 @@ mod server;
 pub use client::{RaftTransport, ShardNetwork, ShardNetworkFactory, TransportConfig};
 pub use error::{HandlerError, TransportError};
 pub use faults::LinkFaults;
-pub use frame::{MAX_FRAME_BYTES, PROTOCOL_PREAMBLE};
+pub use frame::{handshake, HANDSHAKE_BYTES, MAX_FRAME_BYTES, PROTOCOL_PREAMBLE};
 pub use server::{serve, RpcHandler, ShardRegistry};

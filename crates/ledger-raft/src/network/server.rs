@@ -228,7 +228,8 @@ async fn serve_connection(
         .map_err(|source| TransportError::Io { source })?;
     let (read_half, write_half) = stream.into_split();
     let mut frames = FrameReader::new(read_half, MAX_FRAME_BYTES);
-    frames.read_preamble().await?;
+    let dialer = frames.read_handshake().await?;
+    tracing::debug!(peer = dialer, "Raft peer connected");
     let (responses, response_queue) = mpsc::channel(RESPONSE_QUEUE_CAPACITY);
     let mut writer = AbortOnDrop(tokio::spawn(write_responses(write_half, response_queue)));
     // Dropping the set (when this function returns) aborts the requests still running: their

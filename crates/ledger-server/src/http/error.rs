@@ -97,7 +97,23 @@ pub fn rejection_status(rejection: Rejection) -> StatusCode {
         Rejection::AccountConflict | Rejection::GrantConflict | Rejection::IdempotencyConflict => {
             StatusCode::CONFLICT
         }
-        Rejection::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+        Rejection::InsufficientCredits | Rejection::SpendLimitExceeded => {
+            StatusCode::PAYMENT_REQUIRED
+        }
+        Rejection::UnknownFeature
+        | Rejection::InvalidTtl
+        | Rejection::InvalidPeriod
+        | Rejection::InvalidSeats
+        | Rejection::InvalidSettings => StatusCode::BAD_REQUEST,
+        Rejection::ReservationNotFound | Rejection::GrantNotFound | Rejection::PlanNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        Rejection::ReservationConflict
+        | Rejection::ReservationExpired
+        | Rejection::ReservationReleased
+        | Rejection::ReservationCommitted
+        | Rejection::OverdraftInUse
+        | Rejection::StaleCatalog => StatusCode::CONFLICT,
     }
 }
 
@@ -121,5 +137,30 @@ fn rejection_message(rejection: Rejection, subject: &str) -> String {
         }
         Rejection::AmountOverflow => format!("{subject}: the account's totals would overflow"),
         Rejection::InsufficientCredits => format!("{subject}: not enough credits"),
+        Rejection::UnknownFeature => format!("{subject}: the feature is not on the rate card"),
+        Rejection::SpendLimitExceeded => {
+            format!("{subject}: a hard spend limit of the current period would be exceeded")
+        }
+        Rejection::ReservationNotFound => format!("{subject}: no such reservation"),
+        Rejection::ReservationConflict => {
+            format!("{subject}: the reservation id was used with other parameters")
+        }
+        Rejection::ReservationExpired => {
+            format!("{subject}: the reservation expired and its credits were released")
+        }
+        Rejection::ReservationReleased => format!("{subject}: the reservation was released"),
+        Rejection::ReservationCommitted => {
+            format!("{subject}: the reservation was already committed with another charge")
+        }
+        Rejection::InvalidTtl => format!("{subject}: ttl_ms must be between 1 and 86400000"),
+        Rejection::GrantNotFound => format!("{subject}: no such grant"),
+        Rejection::PlanNotFound => format!("{subject}: no such plan"),
+        Rejection::InvalidPeriod => format!("{subject}: the period is out of bounds"),
+        Rejection::InvalidSeats => format!("{subject}: seats must be between 1 and 1000000"),
+        Rejection::OverdraftInUse => {
+            format!("{subject}: the overdraft limit is below the overage already owed")
+        }
+        Rejection::InvalidSettings => format!("{subject}: the settings are inconsistent"),
+        Rejection::StaleCatalog => format!("{subject}: the catalog is older than this shard's"),
     }
 }

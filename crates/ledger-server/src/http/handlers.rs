@@ -25,14 +25,19 @@ use crate::node::NodeContext;
 
 type Context = State<Arc<NodeContext>>;
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn forwardable(method: Method, uri: &OriginalUri, headers: &HeaderMap, body: Bytes) -> Forwardable {
+pub(super) fn forwardable(
+    method: Method,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Forwardable {
     let path_and_query = uri
         .0
         .path_and_query()
@@ -41,13 +46,28 @@ fn forwardable(method: Method, uri: &OriginalUri, headers: &HeaderMap, body: Byt
     Forwardable::new(method, path_and_query, headers, body)
 }
 
-fn account_response(view: AccountView) -> AccountResponse {
+pub(super) fn account_response(view: AccountView) -> AccountResponse {
     AccountResponse {
         account_id: view.account_id,
         available: view.available,
-        reserved: 0,
+        reserved: view.reserved,
         consumed: view.consumed,
         overdraft_limit: view.overdraft_limit,
+        balance: view.balance,
+        granted: view.granted,
+        expired: view.expired,
+        voided: view.voided,
+        overage: view.overage,
+        subscription: view
+            .subscription
+            .as_ref()
+            .map(super::credits::subscription_json),
+        limits: view
+            .limits
+            .iter()
+            .map(|(scope, limit)| super::credits::limit_json(*scope, limit))
+            .collect(),
+        alerts: Some(super::credits::alerts_json(&view.alerts)),
         grants: view
             .grants
             .into_iter()
@@ -64,7 +84,7 @@ fn account_response(view: AccountView) -> AccountResponse {
     }
 }
 
-fn account_not_found(account_id: &str) -> ApiError {
+pub(super) fn account_not_found(account_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         codes::ACCOUNT_NOT_FOUND,
@@ -72,11 +92,11 @@ fn account_not_found(account_id: &str) -> ApiError {
     )
 }
 
-fn shard_of(context: &NodeContext, account_id: &str) -> ShardId {
+pub(super) fn shard_of(context: &NodeContext, account_id: &str) -> ShardId {
     shard_for_account(account_id, context.shard_count())
 }
 
-fn record_outcome(kind: &'static str, result: &Result<Accepted, Rejection>) {
+pub(super) fn record_outcome(kind: &'static str, result: &Result<Accepted, Rejection>) {
     let code = match result {
         Ok(_) => "accepted",
         Err(rejection) => rejection.code(),
@@ -96,7 +116,7 @@ pub async fn create_account(
         Ok(command) => command,
         Err(error) => return error.into_response(),
     };
-    let account_id = command.account_id().to_owned();
+    let account_id = command.account_id().unwrap_or_default().to_owned();
     let shard = shard_of(&context, &account_id);
     let request = forwardable(method, &uri, &headers, body);
     let outcome = match routing::write(&context, shard, command, &request).await {
@@ -217,12 +237,18 @@ fn debit_outcome(
         amount: None,
         available: None,
         code: None,
+        rate_card_version: None,
         replayed,
     };
     match result {
-        Ok(Accepted::Debited { amount, available }) => {
+        Ok(Accepted::Debited {
+            amount,
+            available,
+            rate_card_version,
+        }) => {
             response.amount = Some(*amount);
             response.available = Some(*available);
+            response.rate_card_version = *rate_card_version;
             (StatusCode::OK, response)
         }
         Ok(other) => {
@@ -287,6 +313,9 @@ pub async fn debit(
     let idempotency_key = idempotency_key.clone();
     let shard = shard_of(&context, &account_id);
     let request = forwardable(method, &uri, &headers, body);
+    if let Some(response) = acknowledge_before_commit(&context, shard, &command, &request) {
+        return response;
+    }
     let response = match routing::write(&context, shard, command, &request).await {
         Routed::Here(outcome) => {
             record_outcome("debit", &outcome.result);
@@ -296,6 +325,56 @@ pub async fn debit(
     };
     metrics::histogram!("ledger_debit_request_seconds").record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `ack-before-commit` bug (fault injection only): answers a debit "accepted" from the
+/// local state at once and decides it in the background.
+fn acknowledge_before_commit(
+    context: &Arc<NodeContext>,
+    shard: ShardId,
+    command: &Command,
+    request: &Forwardable,
+) -> Option<Response> {
+    use crate::fault_injection::{is_enabled, Bug};
+    if !is_enabled(Bug::AckBeforeCommit) {
+        return None;
+    }
+    let Command::Debit {
+        account_id,
+        idempotency_key,
+        charge: ledger_core::Charge::Credits(amount),
+    } = command
+    else {
+        return None;
+    };
+    let replica = context.replicas.get(&shard)?;
+    let available = replica
+        .state
+        .read()
+        .ledger
+        .view(account_id, now_ms())?
+        .available;
+    let outcome = Outcome {
+        result: Ok(Accepted::Debited {
+            amount: *amount,
+            available: available - *amount as i64,
+            rate_card_version: None,
+        }),
+        replayed: false,
+    };
+    let answer = debit_answer(account_id, idempotency_key, &outcome);
+    let (context, command) = (Arc::clone(context), command.clone());
+    let request = Forwardable {
+        method: request.method.clone(),
+        path_and_query: request.path_and_query.clone(),
+        body: request.body.clone(),
+        hops: request.hops,
+        accept: None,
+    };
+    tokio::spawn(async move {
+        let _ = routing::write(&context, shard, command, &request).await;
+    });
+    Some(answer)
 }
 
 /// `GET /v1/accounts/{id}/debits/{key}`: linearizable.
@@ -403,7 +482,7 @@ pub async fn batch_debits(State(context): Context, headers: HeaderMap, body: Byt
         };
         match parsed {
             Ok(command) => {
-                let shard = shard_of(&context, command.account_id());
+                let shard = shard_of(&context, command.account_id().unwrap_or_default());
                 by_shard.entry(shard).or_default().push(BatchItem {
                     index,
                     command,
@@ -466,7 +545,10 @@ async fn decide_shard_items(
                         idempotency_key,
                         ..
                     } => (account_id.clone(), idempotency_key.clone()),
-                    other => (other.account_id().to_owned(), String::new()),
+                    other => (
+                        other.account_id().unwrap_or_default().to_owned(),
+                        String::new(),
+                    ),
                 };
                 let result = match context.actors.submit(&replica.proposer, item.command).await {
                     Ok(outcome) => {
@@ -484,6 +566,7 @@ async fn decide_shard_items(
                                 path_and_query: String::new(),
                                 body: Bytes::new(),
                                 hops: HOPS_MAX,
+                                accept: None,
                             },
                         )
                         .await;

@@ -1,18 +1,21 @@
 //! The HTTP API (the public contract of DESIGN.md): routes, JSON at the edge, errors with stable
 //! codes, and forwarding of requests to the leader of their shard.
 
+mod credits;
 mod error;
 mod handlers;
+mod openapi;
 mod parse;
 mod routing;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::node::NodeContext;
 
+pub use credits::{event_json, install_catalog_everywhere};
 pub use error::ApiError;
 
 /// Header counting how many times a request was forwarded between nodes, so that a stale view
@@ -28,7 +31,65 @@ pub const BATCH_ITEMS_MAX: usize = 10_000;
 pub fn router(context: Arc<NodeContext>) -> Router {
     Router::new()
         .route("/v1/accounts", post(handlers::create_account))
-        .route("/v1/accounts/{account_id}", get(handlers::get_account))
+        .route(
+            "/v1/accounts/{account_id}",
+            get(handlers::get_account).patch(credits::update_account),
+        )
+        .route(
+            "/v1/accounts/{account_id}/grants/{grant_id}/void",
+            post(credits::void_grant),
+        )
+        .route(
+            "/v1/accounts/{account_id}/reservations",
+            post(credits::reserve),
+        )
+        .route(
+            "/v1/accounts/{account_id}/reservations/{reservation_id}",
+            get(credits::get_reservation),
+        )
+        .route(
+            "/v1/accounts/{account_id}/reservations/{reservation_id}/commit",
+            post(credits::commit),
+        )
+        .route(
+            "/v1/accounts/{account_id}/reservations/{reservation_id}/release",
+            post(credits::release),
+        )
+        .route(
+            "/v1/accounts/{account_id}/subscription",
+            put(credits::put_subscription).delete(credits::delete_subscription),
+        )
+        .route("/v1/accounts/{account_id}/limits", put(credits::put_limits))
+        .route("/v1/accounts/{account_id}/alerts", put(credits::put_alerts))
+        .route("/v1/accounts/{account_id}/usage", get(credits::usage))
+        .route("/v1/accounts/{account_id}/entries", get(credits::entries))
+        .route("/v1/accounts/{account_id}/balance", get(credits::balance))
+        .route(
+            "/v1/accounts/{account_id}/statement",
+            get(credits::statement),
+        )
+        .route(
+            "/v1/rate-card",
+            put(credits::put_rate_card).get(credits::get_rate_card),
+        )
+        .route(
+            "/v1/plans/{plan_id}",
+            put(credits::put_plan).get(credits::get_plan),
+        )
+        .route(
+            "/v1/webhooks",
+            put(credits::put_webhook).get(credits::get_webhook),
+        )
+        .route("/v1/events", get(credits::events))
+        .route(
+            "/internal/shards/{shard}/catalog",
+            post(credits::install_catalog),
+        )
+        .route(
+            "/internal/shards/{shard}/events",
+            get(credits::shard_events),
+        )
+        .route("/openapi.json", get(openapi::document))
         .route(
             "/v1/accounts/{account_id}/grants",
             post(handlers::create_grant),

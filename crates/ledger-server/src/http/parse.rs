@@ -6,9 +6,13 @@
 
 use axum::body::Bytes;
 use ledger_api::codes;
+use std::collections::BTreeMap;
+
 use ledger_core::{
-    validate_identifier, Command, GrantCommand, GrantSource, AMOUNT_MAX, PRIORITY_DEFAULT,
-    PRIORITY_MAX,
+    validate_identifier, AlertSettings, CatalogChange, Charge, Command, GrantCommand, GrantSource,
+    LimitScope, Period, PlanTerms, SpendLimitTerms, WebhookEndpoint, AMOUNT_MAX, FEATURES_MAX,
+    PRIORITY_DEFAULT, PRIORITY_MAX, RESERVATION_TTL_MAX_MS, SEATS_MAX, THRESHOLDS_MAX,
+    WEBHOOK_FIELD_LENGTH_MAX,
 };
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -206,23 +210,350 @@ pub fn create_grant(account_id: &str, body: &Bytes) -> Result<Command, ApiError>
     }))
 }
 
-/// A debit: `{"idempotency_key","amount"}`. Feature-priced debits (`feature`, `quantity`) need
-/// the rate card, which this version of the ledger does not have yet: they are refused with
-/// `unknown_feature` rather than guessed.
+/// What a debit or a commit costs: `{"amount"}` or `{"feature","quantity"}` (priced by the
+/// rate card in force when it is applied). `zero_allowed` for commits (nothing was used).
+pub fn charge(object: &Object, zero_allowed: bool) -> Result<Charge, ApiError> {
+    let has_amount = !matches!(object.get("amount"), None | Some(Value::Null));
+    match (optional_string(object, "feature")?, has_amount) {
+        (Some(_), true) => Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "give either amount or feature and quantity, not both",
+        )),
+        (Some(feature), false) => {
+            let feature = identifier(feature, "feature")?;
+            let quantity = optional_amount(object, "quantity", false)?.ok_or_else(|| {
+                ApiError::bad_request(codes::MISSING_FIELD, "quantity is required with feature")
+            })?;
+            Ok(Charge::Feature { feature, quantity })
+        }
+        (None, _) => {
+            let amount = optional_amount(object, "amount", zero_allowed)?.ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::MISSING_FIELD,
+                    "amount (or feature and quantity) is required",
+                )
+            })?;
+            Ok(Charge::Credits(amount))
+        }
+    }
+}
+
+/// A debit: `{"idempotency_key","amount"}` or `{"idempotency_key","feature","quantity"}`.
 pub fn debit_from_object(account_id: &str, object: &Object) -> Result<Command, ApiError> {
     let idempotency_key = required_identifier(object, "idempotency_key")?;
-    if let Some(feature) = optional_string(object, "feature")? {
-        return Err(ApiError::bad_request(
-            codes::UNKNOWN_FEATURE,
-            format!("feature {feature:?} is not on the rate card"),
-        ));
-    }
-    let amount = required_amount(object, "amount")?;
     Ok(Command::Debit {
         account_id: account_id.to_owned(),
         idempotency_key,
-        amount,
+        charge: charge(object, false)?,
     })
+}
+
+/// `PATCH /v1/accounts/{id}`: `{"overdraft_limit"}`.
+pub fn update_account(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    reject_unknown_fields(&object, &["overdraft_limit"])?;
+    let overdraft_limit = optional_amount(&object, "overdraft_limit", true)?;
+    if overdraft_limit.is_none() {
+        return Err(ApiError::bad_request(
+            codes::MISSING_FIELD,
+            "nothing to change: give overdraft_limit",
+        ));
+    }
+    Ok(Command::UpdateAccount {
+        account_id: account_id.to_owned(),
+        overdraft_limit,
+    })
+}
+
+/// `POST /v1/accounts/{id}/reservations`: `{"reservation_id","amount","ttl_ms"}`.
+pub fn reserve(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    let reservation_id = required_identifier(&object, "reservation_id")?;
+    let amount = required_amount(&object, "amount")?;
+    let ttl_ms = match object.get("ttl_ms") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                codes::MISSING_FIELD,
+                "ttl_ms is required",
+            ))
+        }
+        Some(value) => value
+            .as_u64()
+            .filter(|ttl_ms| (1..=RESERVATION_TTL_MAX_MS).contains(ttl_ms))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_TTL,
+                    format!("ttl_ms must be an integer from 1 to {RESERVATION_TTL_MAX_MS}"),
+                )
+            })?,
+    };
+    Ok(Command::Reserve {
+        account_id: account_id.to_owned(),
+        reservation_id,
+        amount,
+        ttl_ms,
+    })
+}
+
+/// `POST .../reservations/{rid}/commit`: `{"amount"}` (0 allowed) or `{"feature","quantity"}`.
+pub fn commit(account_id: &str, reservation_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    Ok(Command::Commit {
+        account_id: account_id.to_owned(),
+        reservation_id: reservation_id.to_owned(),
+        charge: charge(&object, true)?,
+    })
+}
+
+/// `PUT /v1/rate-card`: `{"features":{"name":{"credits_per_unit":N}}}`.
+pub fn rate_card(body: &Bytes) -> Result<CatalogChange, ApiError> {
+    let object = object(body)?;
+    let Some(Value::Object(features)) = object.get("features") else {
+        return Err(ApiError::bad_request(
+            codes::MISSING_FIELD,
+            "features is required: an object of feature name to {\"credits_per_unit\": N}",
+        ));
+    };
+    if features.len() > FEATURES_MAX {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            format!("a rate card has at most {FEATURES_MAX} features"),
+        ));
+    }
+    let mut priced = BTreeMap::new();
+    for (name, price) in features {
+        let name = identifier(name, "feature name")?;
+        let Value::Object(price) = price else {
+            return Err(ApiError::bad_request(
+                codes::INVALID_FIELD,
+                format!("feature {name}: must be {{\"credits_per_unit\": N}}"),
+            ));
+        };
+        let credits = optional_amount(price, "credits_per_unit", true)?.ok_or_else(|| {
+            ApiError::bad_request(
+                codes::MISSING_FIELD,
+                format!("feature {name}: credits_per_unit is required"),
+            )
+        })?;
+        priced.insert(name, credits);
+    }
+    Ok(CatalogChange::RateCard { features: priced })
+}
+
+/// An ISO 8601 period field.
+fn required_period(object: &Object, field: &str) -> Result<Period, ApiError> {
+    let text = optional_string(object, field)?.ok_or_else(|| {
+        ApiError::bad_request(codes::MISSING_FIELD, format!("{field} is required"))
+    })?;
+    Period::parse(text)
+        .map_err(|error| ApiError::bad_request(codes::INVALID_PERIOD, error.to_string()))
+}
+
+fn optional_bool(object: &Object, field: &str) -> Result<Option<bool>, ApiError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(_) => Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            format!("{field} must be true or false"),
+        )),
+    }
+}
+
+/// `PUT /v1/plans/{plan_id}`: `{"credits_per_period","period","per_seat"?,"rollover_max"?}`.
+pub fn plan(plan_id: &str, body: &Bytes) -> Result<CatalogChange, ApiError> {
+    let object = object(body)?;
+    let credits_per_period =
+        optional_amount(&object, "credits_per_period", true)?.ok_or_else(|| {
+            ApiError::bad_request(codes::MISSING_FIELD, "credits_per_period is required")
+        })?;
+    Ok(CatalogChange::Plan {
+        plan_id: plan_id.to_owned(),
+        terms: PlanTerms {
+            credits_per_period,
+            period: required_period(&object, "period")?,
+            per_seat: optional_bool(&object, "per_seat")?.unwrap_or(false),
+            rollover_max: optional_amount(&object, "rollover_max", true)?,
+        },
+    })
+}
+
+/// `PUT /v1/accounts/{id}/subscription`: `{"plan_id","seats"?}`.
+pub fn subscribe(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    let plan_id = required_identifier(&object, "plan_id")?;
+    let seats = match object.get("seats") {
+        None | Some(Value::Null) => 1,
+        Some(value) => value
+            .as_u64()
+            .filter(|seats| (1..=SEATS_MAX).contains(seats))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_SEATS,
+                    format!("seats must be an integer from 1 to {SEATS_MAX}"),
+                )
+            })?,
+    };
+    Ok(Command::Subscribe {
+        account_id: account_id.to_owned(),
+        plan_id,
+        seats,
+    })
+}
+
+/// `PUT /v1/accounts/{id}/limits`: `{"period","soft"?,"hard"?,"scope"?}`; `{"scope"?,
+/// "period": null}` removes the scope's limit.
+pub fn spend_limit(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    let scope = match optional_string(&object, "scope")? {
+        None => LimitScope::Platform,
+        Some(name) => LimitScope::parse(name).ok_or_else(|| {
+            ApiError::bad_request(codes::INVALID_FIELD, "scope must be platform or customer")
+        })?,
+    };
+    let limit = if matches!(object.get("period"), Some(Value::Null)) {
+        None
+    } else {
+        let soft = optional_amount(&object, "soft", true)?;
+        let hard = optional_amount(&object, "hard", true)?;
+        if soft.is_none() && hard.is_none() {
+            return Err(ApiError::bad_request(
+                codes::MISSING_FIELD,
+                "give soft, hard or both (or \"period\": null to remove the limit)",
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (soft, hard) {
+            if soft > hard {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_SETTINGS,
+                    "soft must not be above hard",
+                ));
+            }
+        }
+        Some(SpendLimitTerms {
+            period: required_period(&object, "period")?,
+            soft,
+            hard,
+        })
+    };
+    Ok(Command::SetSpendLimit {
+        account_id: account_id.to_owned(),
+        scope,
+        limit,
+    })
+}
+
+/// `PUT /v1/accounts/{id}/alerts`: `{"low_balance":[100,10],"auto_top_up_below"?,
+/// "grant_expiring_within_ms"?}`.
+pub fn alerts(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
+    let object = object(body)?;
+    reject_unknown_fields(
+        &object,
+        &[
+            "low_balance",
+            "auto_top_up_below",
+            "grant_expiring_within_ms",
+        ],
+    )?;
+    let threshold = |value: &Value, field: &str| -> Result<i64, ApiError> {
+        value
+            .as_i64()
+            .filter(|value| value.unsigned_abs() <= AMOUNT_MAX)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_FIELD,
+                    format!("{field} must hold integers between -{AMOUNT_MAX} and {AMOUNT_MAX}"),
+                )
+            })
+    };
+    let low_balance = match object.get("low_balance") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(values)) if values.len() <= THRESHOLDS_MAX => values
+            .iter()
+            .map(|value| threshold(value, "low_balance"))
+            .collect::<Result<Vec<i64>, ApiError>>()?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                codes::INVALID_FIELD,
+                format!("low_balance must be an array of at most {THRESHOLDS_MAX} integers"),
+            ))
+        }
+    };
+    let auto_top_up_below = match object.get("auto_top_up_below") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(threshold(value, "auto_top_up_below")?),
+    };
+    let grant_expiring_within_ms = match object.get("grant_expiring_within_ms") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().filter(|value| *value > 0).ok_or_else(|| {
+            ApiError::bad_request(
+                codes::INVALID_FIELD,
+                "grant_expiring_within_ms must be a positive integer",
+            )
+        })?),
+    };
+    Ok(Command::SetAlerts {
+        account_id: account_id.to_owned(),
+        alerts: AlertSettings {
+            low_balance,
+            auto_top_up_below,
+            grant_expiring_within_ms,
+        },
+    })
+}
+
+/// `PUT /v1/webhooks`: `{"url","secret"}`; `{"url": null}` removes the endpoint.
+pub fn webhook(body: &Bytes) -> Result<CatalogChange, ApiError> {
+    let object = object(body)?;
+    if matches!(object.get("url"), Some(Value::Null)) {
+        return Ok(CatalogChange::Webhook { endpoint: None });
+    }
+    let url = optional_string(&object, "url")?
+        .ok_or_else(|| ApiError::bad_request(codes::MISSING_FIELD, "url is required"))?;
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|parsed| matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some());
+    if parsed.is_none() || url.len() > WEBHOOK_FIELD_LENGTH_MAX {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "url must be an http or https URL",
+        ));
+    }
+    let secret = optional_string(&object, "secret")?
+        .filter(|secret| !secret.is_empty() && secret.len() <= WEBHOOK_FIELD_LENGTH_MAX)
+        .ok_or_else(|| {
+            ApiError::bad_request(codes::MISSING_FIELD, "secret is required (1 to 2048 bytes)")
+        })?;
+    Ok(CatalogChange::Webhook {
+        endpoint: Some(WebhookEndpoint {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+        }),
+    })
+}
+
+/// Refuses fields a body must not carry, so that a typo is not silently ignored.
+fn reject_unknown_fields(object: &Object, known: &[&str]) -> Result<(), ApiError> {
+    match object.keys().find(|key| !known.contains(&key.as_str())) {
+        Some(key) => Err(ApiError::bad_request(
+            codes::UNKNOWN_FIELD,
+            format!("unknown field {key}; expected one of {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An instant in a query (`from`, `to`, `at`): RFC 3339 or milliseconds since the epoch.
+pub fn query_instant_ms(value: Option<&String>, field: &str) -> Result<Option<u64>, ApiError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    if let Ok(milliseconds) = text.parse::<u64>() {
+        return Ok(Some(milliseconds));
+    }
+    let mut object = Object::new();
+    object.insert(field.to_owned(), Value::String(text.clone()));
+    optional_instant_ms(&object, field)
 }
 
 pub fn debit(account_id: &str, body: &Bytes) -> Result<Command, ApiError> {
@@ -288,8 +619,20 @@ mod tests {
                 codes::INVALID_IDENTIFIER,
             ),
             (
-                r#"{"idempotency_key": "k", "feature": "image", "quantity": 1}"#,
-                codes::UNKNOWN_FEATURE,
+                r#"{"idempotency_key": "k", "feature": "image"}"#,
+                codes::MISSING_FIELD,
+            ),
+            (
+                r#"{"idempotency_key": "k", "feature": "image", "quantity": 0}"#,
+                codes::INVALID_AMOUNT,
+            ),
+            (
+                r#"{"idempotency_key": "k", "feature": "a b", "quantity": 1}"#,
+                codes::INVALID_IDENTIFIER,
+            ),
+            (
+                r#"{"idempotency_key": "k", "feature": "image", "quantity": 1, "amount": 3}"#,
+                codes::INVALID_FIELD,
             ),
         ];
         for (text, expected) in table {
@@ -308,7 +651,24 @@ mod tests {
             Command::Debit {
                 account_id: "acct".into(),
                 idempotency_key: "k-1".into(),
-                amount: AMOUNT_MAX,
+                charge: Charge::Credits(AMOUNT_MAX),
+            }
+        );
+        assert_eq!(
+            debit(
+                "acct",
+                &body(
+                    r#"{"idempotency_key": "k-2", "feature": "image_generation", "quantity": 3}"#
+                )
+            )
+            .expect("a feature debit is valid"),
+            Command::Debit {
+                account_id: "acct".into(),
+                idempotency_key: "k-2".into(),
+                charge: Charge::Feature {
+                    feature: "image_generation".into(),
+                    quantity: 3
+                },
             }
         );
     }
@@ -357,6 +717,120 @@ mod tests {
         assert_eq!(grant.priority, 10);
         assert_eq!(grant.expires_at_ms, Some(1_796_083_200_000));
         assert_eq!(format_instant_ms(1_796_083_200_000), "2026-12-01T00:00:00Z");
+    }
+
+    #[test]
+    fn credit_semantics_bodies_table() {
+        let reservation: &[(&str, &str)] = &[
+            (r#"{"amount": 5, "ttl_ms": 10}"#, codes::MISSING_FIELD),
+            (
+                r#"{"reservation_id": "r", "ttl_ms": 10}"#,
+                codes::MISSING_FIELD,
+            ),
+            (
+                r#"{"reservation_id": "r", "amount": 5}"#,
+                codes::MISSING_FIELD,
+            ),
+            (
+                r#"{"reservation_id": "r", "amount": 5, "ttl_ms": 0}"#,
+                codes::INVALID_TTL,
+            ),
+            (
+                r#"{"reservation_id": "r", "amount": 5, "ttl_ms": 86400001}"#,
+                codes::INVALID_TTL,
+            ),
+            (
+                r#"{"reservation_id": "r", "amount": -5, "ttl_ms": 10}"#,
+                codes::INVALID_AMOUNT,
+            ),
+        ];
+        for (text, expected) in reservation {
+            assert_eq!(code_of(reserve("a", &body(text))), *expected, "body {text}");
+        }
+        assert!(commit("a", "r", &body(r#"{"amount": 0}"#)).is_ok());
+        assert_eq!(code_of(commit("a", "r", &body("{}"))), codes::MISSING_FIELD);
+        let plans: &[(&str, &str)] = &[
+            (r#"{"period": "P1M"}"#, codes::MISSING_FIELD),
+            (r#"{"credits_per_period": 5}"#, codes::MISSING_FIELD),
+            (
+                r#"{"credits_per_period": 5, "period": "monthly"}"#,
+                codes::INVALID_PERIOD,
+            ),
+            (
+                r#"{"credits_per_period": 5, "period": "PT0S"}"#,
+                codes::INVALID_PERIOD,
+            ),
+            (
+                r#"{"credits_per_period": 5, "period": "P1M", "per_seat": "yes"}"#,
+                codes::INVALID_FIELD,
+            ),
+        ];
+        for (text, expected) in plans {
+            let code = match plan("p", &body(text)) {
+                Ok(change) => panic!("expected an error, got {change:?}"),
+                Err(error) => error.code,
+            };
+            assert_eq!(code, *expected, "body {text}");
+        }
+        assert_eq!(
+            code_of(subscribe("a", &body(r#"{"plan_id": "p", "seats": 0}"#))),
+            codes::INVALID_SEATS
+        );
+        assert_eq!(
+            code_of(spend_limit("a", &body(r#"{"period": "P1D"}"#))),
+            codes::MISSING_FIELD
+        );
+        assert_eq!(
+            code_of(spend_limit(
+                "a",
+                &body(r#"{"period": "P1D", "soft": 10, "hard": 5}"#)
+            )),
+            codes::INVALID_SETTINGS
+        );
+        assert_eq!(
+            code_of(spend_limit(
+                "a",
+                &body(r#"{"period": "P1D", "hard": 5, "scope": "team"}"#)
+            )),
+            codes::INVALID_FIELD
+        );
+        assert_eq!(
+            code_of(alerts("a", &body(r#"{"low_balanse": [1]}"#))),
+            codes::UNKNOWN_FIELD
+        );
+        assert_eq!(
+            code_of(alerts("a", &body(r#"{"low_balance": [1.5]}"#))),
+            codes::INVALID_FIELD
+        );
+        let webhook_code = |text: &str| match webhook(&body(text)) {
+            Ok(change) => panic!("expected an error, got {change:?}"),
+            Err(error) => error.code,
+        };
+        assert_eq!(
+            webhook_code(r#"{"url": "ftp://x", "secret": "s"}"#),
+            codes::INVALID_FIELD
+        );
+        assert_eq!(
+            webhook_code(r#"{"url": "http://127.0.0.1:9/hook"}"#),
+            codes::MISSING_FIELD
+        );
+        let rate_code = |text: &str| match rate_card(&body(text)) {
+            Ok(change) => panic!("expected an error, got {change:?}"),
+            Err(error) => error.code,
+        };
+        assert_eq!(
+            rate_code(r#"{"features": {"a b": {"credits_per_unit": 1}}}"#),
+            codes::INVALID_IDENTIFIER
+        );
+        assert_eq!(
+            rate_code(r#"{"features": {"img": {"credits_per_unit": -1}}}"#),
+            codes::INVALID_AMOUNT
+        );
+        assert_eq!(
+            rate_code(r#"{"features": {"img": 3}}"#),
+            codes::INVALID_FIELD
+        );
+        assert_eq!(rate_code(r#"{}"#), codes::MISSING_FIELD);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Forwardable {
     pub body: Bytes,
     /// Forwards so far (from the `x-ledger-hops` header).
     pub hops: u32,
+    /// The `Accept` header, which chooses a representation (a statement as CSV).
+    pub accept: Option<axum::http::HeaderValue>,
 }
 
 impl Forwardable {
@@ -36,6 +38,7 @@ impl Forwardable {
             path_and_query,
             body,
             hops,
+            accept: headers.get(header::ACCEPT).cloned(),
         }
     }
 }
@@ -137,6 +140,11 @@ pub async fn linearizable_read<T>(
     request: &Forwardable,
     read: impl FnOnce(&ShardState) -> T,
 ) -> Routed<T> {
+    if crate::fault_injection::is_enabled(crate::fault_injection::Bug::StaleFollowerReads) {
+        if let Some(replica) = context.replicas.get(&shard) {
+            return Routed::Here(read(&replica.state.read()));
+        }
+    }
     let replica = match leader_replica(context, shard, request).await {
         Ok(replica) => replica,
         Err(response) => return Routed::Answered(response),
@@ -170,14 +178,16 @@ pub async fn forward(
         return no_leader(shard);
     };
     let url = format!("http://{address}{}", request.path_and_query);
-    let result = context
+    let mut forwarded = context
         .forwarder
         .request(request.method.clone(), &url)
         .header(HOPS_HEADER, (request.hops + 1).to_string())
         .header(header::CONTENT_TYPE, "application/json")
-        .body(request.body.clone())
-        .send()
-        .await;
+        .body(request.body.clone());
+    if let Some(accept) = &request.accept {
+        forwarded = forwarded.header(header::ACCEPT, accept.clone());
+    }
+    let result = forwarded.send().await;
     let answer = match result {
         Ok(answer) => answer,
         Err(error) => {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use ledger_core::{ChangeSet, Command, GrantCommand, GrantSource, Ledger, Outcome};
+use ledger_core::{ChangeSet, Charge, Command, GrantCommand, GrantSource, Ledger, Outcome};
 use ledger_raft::{Entry, LedgerBatch, LedgerLogId, NodeId};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 use rand::rngs::StdRng;
@@ -112,10 +112,34 @@ impl CommandGenerator {
                 overdraft_limit: self.random.gen_range(0..3) * 50,
             },
             2..=4 => self.grant(target_id),
+            // Reservations exercise the reservation records and the journal's release entries;
+            // a TTL inside the test's time span lets some of them time out.
+            5 => Command::Reserve {
+                account_id: target_id,
+                reservation_id: format!("r{}", self.random.gen_range(0..self.next_key.max(1))),
+                amount: self.random.gen_range(1..100),
+                ttl_ms: self.random.gen_range(1..5_000),
+            },
+            6 => {
+                let reservation_id = format!("r{}", self.random.gen_range(0..self.next_key.max(1)));
+                if self.random.gen_bool(0.5) {
+                    Command::Commit {
+                        account_id: target_id,
+                        reservation_id,
+                        charge: Charge::Credits(self.random.gen_range(0..150)),
+                    }
+                } else {
+                    Command::Release {
+                        account_id: target_id,
+                        reservation_id,
+                    }
+                }
+            }
+            7 => Command::Tick,
             _ => Command::Debit {
                 account_id: target_id,
                 idempotency_key: key,
-                amount: self.random.gen_range(1..200),
+                charge: Charge::Credits(self.random.gen_range(1..200)),
             },
         }
     }
