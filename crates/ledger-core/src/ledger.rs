@@ -11,6 +11,8 @@
 //! `Account::settle`). So the state of an account at an instant does not depend on how often it
 //! was touched before, and a `Tick` only makes the journal and the events timely.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
@@ -231,7 +233,7 @@ impl Ledger {
     /// The decided outcome of a debit key, if it was ever decided.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
         self.debit_records
-            .get(&(account_id.to_owned(), idempotency_key.to_owned()))
+            .get(&(account_id, idempotency_key) as &dyn RecordKey)
     }
 
     /// Debit records in (account id, idempotency key) order.
@@ -243,7 +245,7 @@ impl Ledger {
     /// time.
     pub fn grant_record(&self, account_id: &str, grant_id: &str) -> Option<&GrantRecord> {
         self.grant_records
-            .get(&(account_id.to_owned(), grant_id.to_owned()))
+            .get(&(account_id, grant_id) as &dyn RecordKey)
     }
 
     /// Grant records in (account id, grant id) order.
@@ -253,7 +255,7 @@ impl Ledger {
 
     pub fn reservation(&self, account_id: &str, reservation_id: &str) -> Option<&Reservation> {
         self.reservations
-            .get(&(account_id.to_owned(), reservation_id.to_owned()))
+            .get(&(account_id, reservation_id) as &dyn RecordKey)
     }
 
     /// Reservation records in (account id, reservation id) order.
@@ -1317,6 +1319,51 @@ fn setting_outcome(result: Option<Result<bool, Rejection>>) -> Outcome {
         Some(Err(rejection)) => rejected(rejection),
         Some(Ok(true)) => accepted(Accepted::Updated),
         Some(Ok(false)) => replayed(Accepted::Updated),
+    }
+}
+
+/// Lets the record maps, keyed by an owned `(String, String)`, be searched with a pair of borrowed
+/// `&str` without allocating (a map can only be searched by a type its key borrows as). Both
+/// sides order exactly as the tuple does, which `Borrow` requires.
+trait RecordKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl RecordKey for (String, String) {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl RecordKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn RecordKey + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn RecordKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn RecordKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn RecordKey + '_ {}
+
+impl PartialOrd for dyn RecordKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn RecordKey + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
     }
 }
 

@@ -462,6 +462,247 @@ async fn rate_card_plans_reservations_limits_alerts_and_reports_through_http() -
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pay_as_you_go_seats_voids_releases_and_expiry_warnings_through_http() -> Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let api = Api::new(cluster.urls());
+
+    // Pay-as-you-go: no allowance, overage allowed down to the overdraft limit and recorded.
+    api.ok(
+        Method::POST,
+        "/v1/accounts",
+        Some(json!({"account_id": "payg"})),
+    )
+    .await?;
+    let (status, blocked) = api
+        .call(
+            Method::POST,
+            "/v1/accounts/payg/debits",
+            Some(json!({"idempotency_key": "p0", "amount": 5})),
+        )
+        .await?;
+    ensure!(
+        status == 402 && blocked["error"]["code"] == "insufficient_credits",
+        "{blocked}"
+    );
+    let patched = api
+        .ok(
+            Method::PATCH,
+            "/v1/accounts/payg",
+            Some(json!({"overdraft_limit": 100})),
+        )
+        .await?;
+    ensure!(patched["overdraft_limit"] == 100, "{patched}");
+    let debit = api
+        .ok(
+            Method::POST,
+            "/v1/accounts/payg/debits",
+            Some(json!({"idempotency_key": "p1", "amount": 70})),
+        )
+        .await?;
+    ensure!(debit["available"] == -70, "{debit}");
+    let (status, over) = api
+        .call(
+            Method::POST,
+            "/v1/accounts/payg/debits",
+            Some(json!({"idempotency_key": "p2", "amount": 31})),
+        )
+        .await?;
+    ensure!(
+        status == 402 && over["error"]["code"] == "insufficient_credits",
+        "{over}"
+    );
+    let (status, in_use) = api
+        .call(
+            Method::PATCH,
+            "/v1/accounts/payg",
+            Some(json!({"overdraft_limit": 50})),
+        )
+        .await?;
+    ensure!(
+        status == 409 && in_use["error"]["code"] == "overdraft_in_use",
+        "{in_use}"
+    );
+    let statement = api
+        .get("/v1/accounts/payg/statement?from=0&to=99999999999999")
+        .await?;
+    ensure!(
+        statement["overage"] == 70 && statement["closing_balance"] == -70,
+        "{statement}"
+    );
+    let before_debit = api.get("/v1/accounts/payg/entries").await?;
+    let debit_at = before_debit["entries"][0]["at"]
+        .as_str()
+        .context("entry time")?
+        .to_owned();
+    let balance = api
+        .get(&format!(
+            "/v1/accounts/payg/balance?at={}",
+            urlencode(&debit_at)
+        ))
+        .await?;
+    ensure!(
+        balance["balance"] == -70,
+        "balance right after the debit: {balance}"
+    );
+
+    // Per-seat plan: seats × credits; more seats mid-period add a pro-rated seat grant.
+    api.ok(
+        Method::PUT,
+        "/v1/plans/team",
+        Some(json!({"credits_per_period": 100, "period": "P1D", "per_seat": true})),
+    )
+    .await?;
+    api.ok(
+        Method::POST,
+        "/v1/accounts",
+        Some(json!({"account_id": "seats"})),
+    )
+    .await?;
+    let three = api
+        .ok(
+            Method::PUT,
+            "/v1/accounts/seats/subscription",
+            Some(json!({"plan_id": "team", "seats": 3})),
+        )
+        .await?;
+    ensure!(three["available"] == 300, "3 seats × 100: {three}");
+    let five = api
+        .ok(
+            Method::PUT,
+            "/v1/accounts/seats/subscription",
+            Some(json!({"plan_id": "team", "seats": 5})),
+        )
+        .await?;
+    let available = five["available"].as_i64().context("available")?;
+    // Two more seats for (almost) the whole day left: just under 200 more, rounded down.
+    ensure!((498..=500).contains(&available), "pro-rated seats: {five}");
+    ensure!(five["subscription"]["seats"] == 5, "{five}");
+
+    // Void what is left of a grant; a second void is a replay.
+    api.ok(
+        Method::POST,
+        "/v1/accounts/seats/grants",
+        Some(json!({"grant_id": "promo-1", "amount": 40, "source": "promo", "priority": 0})),
+    )
+    .await?;
+    api.ok(
+        Method::POST,
+        "/v1/accounts/seats/debits",
+        Some(json!({"idempotency_key": "s1", "amount": 15})),
+    )
+    .await?;
+    let voided = api
+        .ok(Method::POST, "/v1/accounts/seats/grants/promo-1/void", None)
+        .await?;
+    ensure!(
+        voided["voided"] == 25 && voided["replayed"] == false,
+        "{voided}"
+    );
+    let again = api
+        .ok(Method::POST, "/v1/accounts/seats/grants/promo-1/void", None)
+        .await?;
+    ensure!(
+        again["voided"] == 25 && again["replayed"] == true,
+        "{again}"
+    );
+
+    // An explicit release gives the whole hold back, and is idempotent.
+    api.ok(
+        Method::POST,
+        "/v1/accounts/seats/reservations",
+        Some(json!({"reservation_id": "h1", "amount": 50, "ttl_ms": 60000})),
+    )
+    .await?;
+    let held = api.get("/v1/accounts/seats").await?;
+    ensure!(held["reserved"] == 50, "{held}");
+    let released = api
+        .ok(
+            Method::POST,
+            "/v1/accounts/seats/reservations/h1/release",
+            None,
+        )
+        .await?;
+    ensure!(
+        released["status"] == "released" && released["released"] == 50,
+        "{released}"
+    );
+    let again = api
+        .ok(
+            Method::POST,
+            "/v1/accounts/seats/reservations/h1/release",
+            None,
+        )
+        .await?;
+    ensure!(again["replayed"] == true, "{again}");
+    let after = api.get("/v1/accounts/seats").await?;
+    ensure!(
+        after["reserved"] == 0
+            && after["available"] == held["available"].as_i64().unwrap_or(0) + 50,
+        "{after}"
+    );
+
+    // A grant about to expire is announced once, by the tick, without any request on the account.
+    api.ok(
+        Method::POST,
+        "/v1/accounts",
+        Some(json!({"account_id": "expiring"})),
+    )
+    .await?;
+    let expires_at = ledger_server_time_in(Duration::from_secs(60));
+    api.ok(
+        Method::POST,
+        "/v1/accounts/expiring/grants",
+        Some(
+            json!({"grant_id": "trial", "amount": 10, "source": "promo", "expires_at": expires_at}),
+        ),
+    )
+    .await?;
+    api.ok(
+        Method::PUT,
+        "/v1/accounts/expiring/alerts",
+        Some(json!({"grant_expiring_within_ms": 3_600_000})),
+    )
+    .await?;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let warned = api
+            .events()
+            .await?
+            .into_iter()
+            .filter(|event| event["account_id"] == "expiring" && event["type"] == "grant_expiring")
+            .count();
+        if warned == 1 {
+            break;
+        }
+        if Instant::now() > deadline || warned > 1 {
+            bail!("{warned} grant_expiring events for one grant");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.converged_digests().await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// An RFC 3339 instant `after` from now (UTC, second precision).
+fn ledger_server_time_in(after: Duration) -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|now| (now + after).as_secs())
+        .unwrap_or(0);
+    let format = time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(seconds as i64)
+        .ok()
+        .and_then(|instant| instant.format(&format).ok())
+        .unwrap_or_default()
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace(':', "%3A").replace('+', "%2B")
+}
+
 /// What a webhook receiver got: (event id, signature, body).
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
 

@@ -84,7 +84,9 @@ fn methods_of(expression: &str) -> BTreeSet<String> {
             b')' => depth = depth.saturating_sub(1),
             _ if depth == 0 && (byte.is_ascii_alphabetic() || byte == b'_') => {
                 let start = index;
-                while index < bytes.len() && (bytes[index].is_ascii_alphanumeric() || bytes[index] == b'_') {
+                while index < bytes.len()
+                    && (bytes[index].is_ascii_alphanumeric() || bytes[index] == b'_')
+                {
                     index += 1;
                 }
                 let identifier = &expression[start..index];
@@ -150,7 +152,10 @@ fn registered_routes(source: &str) -> BTreeMap<String, BTreeSet<String>> {
         assert!(!methods.is_empty(), "route {path}: no method found");
         let known = routes.entry(path.clone()).or_default();
         for method in methods {
-            assert!(known.insert(method.clone()), "route {path}: {method} registered twice");
+            assert!(
+                known.insert(method.clone()),
+                "route {path}: {method} registered twice"
+            );
         }
         rest = &arguments[end_of_route..];
     }
@@ -159,7 +164,9 @@ fn registered_routes(source: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 /// The operations of one path item: its keys that are HTTP methods.
 fn documented_methods(path_item: &Value) -> BTreeSet<String> {
-    const OPENAPI_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    const OPENAPI_METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
     path_item
         .as_object()
         .map(|item| {
@@ -241,14 +248,22 @@ fn route_extraction_reads_chained_methods_and_skips_comments() {
 #[test]
 fn document_is_openapi_3_1_with_info() {
     let document = document();
-    let version = document["openapi"].as_str().expect("an openapi version string");
-    assert!(version.starts_with("3.1."), "openapi is {version}, expected 3.1.x");
+    let version = document["openapi"]
+        .as_str()
+        .expect("an openapi version string");
+    assert!(
+        version.starts_with("3.1."),
+        "openapi is {version}, expected 3.1.x"
+    );
     for field in ["title", "version"] {
         let value = document["info"][field].as_str().unwrap_or_default();
         assert!(!value.is_empty(), "info.{field} is missing or empty");
     }
     assert!(document["paths"].is_object(), "paths is missing");
-    assert!(document["components"]["schemas"].is_object(), "components.schemas is missing");
+    assert!(
+        document["components"]["schemas"].is_object(),
+        "components.schemas is missing"
+    );
 }
 
 #[test]
@@ -257,11 +272,19 @@ fn every_public_route_is_documented_and_nothing_else() {
     let public: BTreeSet<(String, String)> = routes
         .iter()
         .filter(|(path, _)| !path.starts_with(INTERNAL_PREFIX))
-        .flat_map(|(path, methods)| methods.iter().map(move |method| (path.clone(), method.clone())))
+        .flat_map(|(path, methods)| {
+            methods
+                .iter()
+                .map(move |method| (path.clone(), method.clone()))
+        })
         .collect();
     // A floor so that a parser that finds nothing cannot pass: the router has had these from
     // the first version of the contract.
-    for (path, method) in [("/v1/accounts", "post"), ("/v1/accounts/{account_id}/debits", "post"), ("/health", "get")] {
+    for (path, method) in [
+        ("/v1/accounts", "post"),
+        ("/v1/accounts/{account_id}/debits", "post"),
+        ("/health", "get"),
+    ] {
         assert!(
             public.contains(&(path.to_owned(), method.to_owned())),
             "route extraction missed {method} {path}"
@@ -281,10 +304,19 @@ fn every_public_route_is_documented_and_nothing_else() {
 
     let undocumented: Vec<_> = public.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&public).collect();
-    assert!(undocumented.is_empty(), "routes missing from openapi.json: {undocumented:?}");
-    assert!(unknown.is_empty(), "openapi.json documents routes the router does not have: {unknown:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from openapi.json: {undocumented:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "openapi.json documents routes the router does not have: {unknown:?}"
+    );
     for path in paths.keys() {
-        assert!(!path.starts_with(INTERNAL_PREFIX), "{path} is internal and must not be documented");
+        assert!(
+            !path.starts_with(INTERNAL_PREFIX),
+            "{path} is internal and must not be documented"
+        );
     }
 }
 
@@ -303,22 +335,34 @@ fn every_operation_declares_its_path_parameters_and_responses() {
         for method in documented_methods(item) {
             let operation = &item[&method];
             let mut declared = BTreeSet::new();
-            for value in shared.iter().chain(operation["parameters"].as_array().into_iter().flatten()) {
+            for value in shared
+                .iter()
+                .chain(operation["parameters"].as_array().into_iter().flatten())
+            {
                 let parameter = parameter(&document, value);
                 if parameter["in"] == "path" {
-                    assert_eq!(parameter["required"], true, "{method} {path}: path parameters are required");
+                    assert_eq!(
+                        parameter["required"], true,
+                        "{method} {path}: path parameters are required"
+                    );
                     let name = parameter["name"].as_str().expect("a parameter name");
                     declared.insert(name.to_owned());
                 }
             }
-            assert_eq!(declared, in_template, "{method} {path}: declared path parameters differ from the template");
+            assert_eq!(
+                declared, in_template,
+                "{method} {path}: declared path parameters differ from the template"
+            );
             let responses = operation["responses"].as_object().expect("responses");
             assert!(
                 responses.keys().any(|status| status.starts_with('2')),
                 "{method} {path}: no success response"
             );
             let id = operation["operationId"].as_str().expect("an operationId");
-            assert!(operation_ids.insert(id.to_owned()), "operationId {id} is used twice");
+            assert!(
+                operation_ids.insert(id.to_owned()),
+                "operationId {id} is used twice"
+            );
         }
     }
 }
@@ -333,7 +377,10 @@ fn every_reference_resolves() {
         .iter()
         .filter(|(_, reference)| resolve(&document, reference).is_none())
         .collect();
-    assert!(broken.is_empty(), "references that do not resolve (where, $ref): {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "references that do not resolve (where, $ref): {broken:?}"
+    );
 }
 
 #[test]
@@ -348,7 +395,11 @@ fn every_error_code_is_listed() {
 
     // The state machine's rejections ...
     for rejection in ledger_core::Rejection::ALL {
-        assert!(listed.contains(rejection.code()), "rejection code {} is not in ErrorCode", rejection.code());
+        assert!(
+            listed.contains(rejection.code()),
+            "rejection code {} is not in ErrorCode",
+            rejection.code()
+        );
     }
     // ... and the codes of the API edge, read from `ledger_api::codes` (a module of constants,
     // which Rust cannot enumerate).
@@ -362,7 +413,10 @@ fn every_error_code_is_listed() {
         .filter_map(|line| line.trim().strip_prefix("pub const "))
         .filter_map(|declaration| declaration.split('"').nth(1))
         .collect();
-    assert!(api_codes.contains(&ledger_api::codes::INSUFFICIENT_CREDITS), "codes extraction found {api_codes:?}");
+    assert!(
+        api_codes.contains(&ledger_api::codes::INSUFFICIENT_CREDITS),
+        "codes extraction found {api_codes:?}"
+    );
     for code in api_codes {
         assert!(listed.contains(code), "API code {code} is not in ErrorCode");
     }
