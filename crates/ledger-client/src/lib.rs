@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_api::{
-    codes, AccountResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse,
+    codes, AccountResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse, CommitRequest,
     CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody,
-    ErrorResponse, GrantResponse, STATUS_REJECTED,
+    ErrorResponse, GrantResponse, ReservationResponse, ReserveRequest, STATUS_REJECTED,
 };
 use reqwest::{header, Method, Url};
 use serde::de::DeserializeOwned;
@@ -329,6 +329,74 @@ impl LedgerClient {
             )));
         }
         Ok(response)
+    }
+
+    /// `POST /v1/accounts/{id}/reservations`: holds `amount` credits for `ttl_ms`. A retry with
+    /// the same reservation id is a replay; a rejection (e.g. `insufficient_credits`) is
+    /// `Err(ClientError::Api { .. })` with its code.
+    pub async fn reserve(
+        &self,
+        account_id: &str,
+        request: &ReserveRequest,
+    ) -> Result<ReservationResponse, ClientError> {
+        self.reservation_call(
+            &["v1", "accounts", account_id, "reservations"],
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST .../reservations/{rid}/commit`: consumes what the call cost, releases the rest.
+    pub async fn commit(
+        &self,
+        account_id: &str,
+        reservation_id: &str,
+        request: &CommitRequest,
+    ) -> Result<ReservationResponse, ClientError> {
+        self.reservation_call(
+            &[
+                "v1",
+                "accounts",
+                account_id,
+                "reservations",
+                reservation_id,
+                "commit",
+            ],
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST .../reservations/{rid}/release`: gives the whole hold back.
+    pub async fn release(
+        &self,
+        account_id: &str,
+        reservation_id: &str,
+    ) -> Result<ReservationResponse, ClientError> {
+        self.reservation_call::<()>(
+            &[
+                "v1",
+                "accounts",
+                account_id,
+                "reservations",
+                reservation_id,
+                "release",
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn reservation_call<B: Serialize>(
+        &self,
+        path: &[&str],
+        body: Option<&B>,
+    ) -> Result<ReservationResponse, ClientError> {
+        let answer = self.call(Method::POST, path, body).await?;
+        match answer.status {
+            200 | 201 => decode(&answer),
+            _ => Err(api_error(&answer)),
+        }
     }
 
     /// `GET /admin/cluster` of one specific node (one attempt: this asks about that node).

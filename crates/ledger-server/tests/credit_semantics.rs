@@ -642,6 +642,36 @@ async fn pay_as_you_go_seats_voids_releases_and_expiry_warnings_through_http() -
         "{after}"
     );
 
+    // The same through the Rust client, whose retries reuse the reservation id.
+    let client = ledger_client::LedgerClient::new(cluster.urls())?;
+    let request = ledger_api::ReserveRequest {
+        reservation_id: "c1".into(),
+        amount: 5,
+        ttl_ms: 60_000,
+    };
+    let held = client.reserve("seats", &request).await?;
+    ensure!(held.status == "active" && !held.replayed, "{held:?}");
+    let again = client.reserve("seats", &request).await?;
+    ensure!(again.status == "active" && again.replayed, "{again:?}");
+    let commit = ledger_api::CommitRequest {
+        amount: Some(5),
+        feature: None,
+        quantity: None,
+    };
+    let done = client.commit("seats", "c1", &commit).await?;
+    ensure!(
+        done.committed == Some(5) && done.released == Some(0),
+        "{done:?}"
+    );
+    let refused = client.release("seats", "c1").await;
+    ensure!(
+        matches!(
+            &refused,
+            Err(ledger_client::ClientError::Api { status: 409, code, .. }) if code == "reservation_committed"
+        ),
+        "{refused:?}"
+    );
+
     // A grant about to expire is announced once, by the tick, without any request on the account.
     api.ok(
         Method::POST,

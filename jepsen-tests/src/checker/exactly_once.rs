@@ -1,0 +1,361 @@
+//! Exactly-once per key. For every client key of the history:
+//! - every decided answer equals the first decided answer (a retry is answered with the same
+//!   decision, also the same balance, since the decision is recorded);
+//! - at most one answer says it was not a replay (two "fresh" answers = decided twice);
+//! - the lookup after healing shows that same decision;
+//! - a key whose every attempt failed definitely was never decided;
+//! - per account, the consumed credits equal the sum of the decided debits' amounts (a key
+//!   applied twice consumes twice but is recorded once).
+
+use std::collections::BTreeMap;
+
+use super::{CheckResult, FinalState, Lookup};
+use crate::history::{Answer, ClientKey, Operation, Outcome, Request};
+
+pub const NAME: &str = "exactly-once";
+
+pub fn check(operations: &[Operation], final_state: &FinalState) -> CheckResult {
+    let mut by_key: BTreeMap<(&str, ClientKey), Vec<&Operation>> = BTreeMap::new();
+    for operation in operations {
+        if let Some(key) = operation.request.client_key() {
+            by_key
+                .entry((operation.account.as_str(), key))
+                .or_default()
+                .push(operation);
+        }
+    }
+    let mut anomalies = Vec::new();
+    let mut unknowns = Vec::new();
+    let mut decided_keys = 0_usize;
+    for ((account, key), attempts) in &by_key {
+        let answers: Vec<(&Operation, &Answer)> = attempts
+            .iter()
+            .filter_map(|operation| match &operation.outcome {
+                Outcome::Ok(answer) => Some((*operation, answer)),
+                _ => None,
+            })
+            .collect();
+        if let Some((first_operation, first)) = answers.first() {
+            decided_keys += 1;
+            for (operation, answer) in &answers[1..] {
+                if decision(answer) != decision(first) {
+                    anomalies.push(format!(
+                        "{account} {key}: a retry was answered differently from the first \
+                         decided answer:\n    first: {}\n    later: {}",
+                        first_operation.describe(),
+                        operation.describe()
+                    ));
+                }
+            }
+            let fresh: Vec<&&Operation> = answers
+                .iter()
+                .filter(|(_, answer)| is_fresh(answer))
+                .map(|(operation, _)| operation)
+                .collect();
+            if fresh.len() > 1 {
+                anomalies.push(format!(
+                    "{account} {key}: decided {} times (answers not marked as replays):\n    {}",
+                    fresh.len(),
+                    fresh
+                        .iter()
+                        .map(|operation| operation.describe())
+                        .collect::<Vec<_>>()
+                        .join("\n    ")
+                ));
+            }
+        }
+        if let ClientKey::Debit(debit_key) = key {
+            match final_state
+                .debit_lookups
+                .get(&(account.to_string(), debit_key.clone()))
+            {
+                Some(Lookup::Decided {
+                    accepted,
+                    amount,
+                    available,
+                    code,
+                }) => {
+                    if let Some((operation, first)) = answers.first() {
+                        let looked_up = DebitDecision {
+                            accepted: *accepted,
+                            amount: *amount,
+                            available: *available,
+                            code: code.clone(),
+                        };
+                        if decision(first) != Some(looked_up.clone()) {
+                            anomalies.push(format!(
+                                "{account} {key}: the lookup after healing shows {looked_up:?}, \
+                                 but the client was told: {}",
+                                operation.describe()
+                            ));
+                        }
+                    }
+                    let every_attempt_failed = attempts
+                        .iter()
+                        .all(|operation| matches!(operation.outcome, Outcome::Fail(_)));
+                    if every_attempt_failed {
+                        anomalies.push(format!(
+                            "{account} {key}: every attempt failed definitely, yet the key was \
+                             decided: {}",
+                            attempts
+                                .iter()
+                                .map(|operation| operation.describe())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ));
+                    }
+                }
+                Some(Lookup::Failed(error)) => unknowns.push(format!(
+                    "{account} {key}: lookup after healing failed: {error}"
+                )),
+                // A decided key that is missing is a durability anomaly, judged there.
+                Some(Lookup::NotDecided) | None => {}
+            }
+        }
+    }
+    anomalies.extend(consumed_matches_decided_debits(
+        operations,
+        final_state,
+        &mut unknowns,
+    ));
+    let summary = format!(
+        "{} keys ({} with a decided answer), {} anomalies",
+        by_key.len(),
+        decided_keys,
+        anomalies.len()
+    );
+    CheckResult::from_findings(NAME, summary, anomalies, unknowns)
+}
+
+/// Per account: consumed == Σ amounts of the debit keys the lookups show accepted. Accounts
+/// with reservation calls are skipped (commits consume without a debit key).
+fn consumed_matches_decided_debits(
+    operations: &[Operation],
+    final_state: &FinalState,
+    unknowns: &mut Vec<String>,
+) -> Vec<String> {
+    let mut accounts_with_reservations = std::collections::BTreeSet::new();
+    for operation in operations {
+        if matches!(
+            operation.request,
+            Request::Reserve { .. }
+                | Request::CommitReservation { .. }
+                | Request::ReleaseReservation { .. }
+        ) {
+            accounts_with_reservations.insert(operation.account.as_str());
+        }
+    }
+    let mut decided_sum: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut lookup_failed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for ((account, _), lookup) in &final_state.debit_lookups {
+        match lookup {
+            Lookup::Decided {
+                accepted: true,
+                amount,
+                ..
+            } => *decided_sum.entry(account.as_str()).or_default() += amount.unwrap_or(0),
+            Lookup::Failed(_) => {
+                lookup_failed.insert(account.as_str());
+            }
+            _ => {}
+        }
+    }
+    let mut anomalies = Vec::new();
+    for (account, snapshot) in &final_state.accounts {
+        if accounts_with_reservations.contains(account.as_str()) {
+            continue;
+        }
+        let Ok(snapshot) = snapshot else {
+            unknowns.push(format!("{account}: final state unreadable"));
+            continue;
+        };
+        if lookup_failed.contains(account.as_str()) {
+            continue;
+        }
+        let decided = decided_sum.get(account.as_str()).copied().unwrap_or(0);
+        if snapshot.consumed != decided {
+            anomalies.push(format!(
+                "{account}: consumed {} credits, but the debits decided as accepted sum to {decided} \
+                 (a key applied more than once, or a debit applied without its record)",
+                snapshot.consumed
+            ));
+        }
+    }
+    anomalies
+}
+
+/// The comparable part of a decided answer: the decision itself, not the replay mark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DebitDecision {
+    accepted: bool,
+    amount: Option<u64>,
+    available: Option<i64>,
+    code: Option<String>,
+}
+
+fn decision(answer: &Answer) -> Option<DebitDecision> {
+    match answer {
+        Answer::Debit {
+            accepted,
+            amount,
+            available,
+            code,
+            ..
+        } => Some(DebitDecision {
+            accepted: *accepted,
+            amount: *amount,
+            available: *available,
+            code: code.clone(),
+        }),
+        Answer::Reservation { accepted, code, .. } => Some(DebitDecision {
+            accepted: *accepted,
+            amount: None,
+            available: None,
+            code: code.clone(),
+        }),
+        Answer::Grant { .. } => Some(DebitDecision {
+            accepted: true,
+            amount: None,
+            available: None,
+            code: None,
+        }),
+        Answer::Read(_) => None,
+    }
+}
+
+fn is_fresh(answer: &Answer) -> bool {
+    match answer {
+        Answer::Debit { replayed, .. } | Answer::Grant { replayed } => !replayed,
+        Answer::Reservation { replayed, .. } => *replayed == Some(false),
+        Answer::Read(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::test_support::*;
+    use crate::checker::Verdict;
+    use crate::history::AccountSnapshot;
+
+    fn final_state(consumed: u64, lookups: &[(&str, Lookup)]) -> FinalState {
+        let mut state = FinalState::default();
+        state.accounts.insert(
+            "a".to_owned(),
+            Ok(AccountSnapshot {
+                available: 100 - consumed as i64,
+                consumed,
+                granted: 100,
+                ..AccountSnapshot::default()
+            }),
+        );
+        for (key, lookup) in lookups {
+            state
+                .debit_lookups
+                .insert(("a".to_owned(), key.to_string()), lookup.clone());
+        }
+        state
+    }
+
+    fn decided(amount: u64, available: i64) -> Lookup {
+        Lookup::Decided {
+            accepted: true,
+            amount: Some(amount),
+            available: Some(available),
+            code: None,
+        }
+    }
+
+    #[test]
+    fn a_retry_replayed_with_the_same_decision_is_valid() {
+        let history = HistoryBuilder::new()
+            .op(1, "a", debit("k1", 10), 0, Some(10), info())
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                20,
+                Some(30),
+                accepted(10, 90, true),
+            )
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                40,
+                Some(50),
+                accepted(10, 90, true),
+            )
+            .build();
+        let result = check(&history, &final_state(10, &[("k1", decided(10, 90))]));
+        assert_eq!(result.verdict, Verdict::Valid, "{result:?}");
+    }
+
+    #[test]
+    fn a_key_applied_twice_is_caught() {
+        // Both answers claim to be fresh, and the account consumed twice what the record says.
+        let history = HistoryBuilder::new()
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                0,
+                Some(10),
+                accepted(10, 90, false),
+            )
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                20,
+                Some(30),
+                accepted(10, 80, false),
+            )
+            .build();
+        let result = check(&history, &final_state(20, &[("k1", decided(10, 90))]));
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let text = result.details.join("\n");
+        assert!(text.contains("answered differently"), "{text}");
+        assert!(text.contains("decided 2 times"), "{text}");
+        assert!(text.contains("consumed 20"), "{text}");
+    }
+
+    #[test]
+    fn a_rejection_then_an_acceptance_of_one_key_is_caught() {
+        let history = HistoryBuilder::new()
+            .op(1, "a", debit("k1", 10), 0, Some(10), rejected(false))
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                20,
+                Some(30),
+                accepted(10, 90, true),
+            )
+            .build();
+        let result = check(&history, &final_state(10, &[("k1", decided(10, 90))]));
+        assert_eq!(result.verdict, Verdict::Invalid);
+    }
+
+    #[test]
+    fn a_key_decided_after_only_definite_failures_is_caught() {
+        let history = HistoryBuilder::new()
+            .op(1, "a", debit("k1", 10), 0, Some(10), fail())
+            .build();
+        let result = check(&history, &final_state(10, &[("k1", decided(10, 90))]));
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(result.details[0].contains("failed definitely"));
+    }
+
+    #[test]
+    fn a_failed_lookup_makes_the_verdict_unknown_not_valid() {
+        let history = HistoryBuilder::new()
+            .op(1, "a", debit("k1", 10), 0, None, info())
+            .build();
+        let result = check(
+            &history,
+            &final_state(10, &[("k1", Lookup::Failed("timeout".into()))]),
+        );
+        assert_eq!(result.verdict, Verdict::Unknown);
+    }
+}
