@@ -4,7 +4,8 @@
 #   cluster/dev.sh run [ledgerd args...]   build and run ledgerd (no args: single node on
 #                                          127.0.0.1:8080, data in ./data)
 #   cluster/dev.sh test                    the whole gate: fmt, clippy -D warnings, every test,
-#                                          docs. CI (.ci/run) runs exactly this.
+#                                          docs, a short chaos run and one chaos self-test.
+#                                          CI (.ci/run) runs exactly this.
 #
 # Everything builds in the release profile into one target dir outside the clone (RocksDB is
 # compiled from source once per profile, about 11 minutes on 2 cores), so tests and binaries
@@ -53,6 +54,20 @@ run_tests() {
     # may hold no test, which says nothing about the suite).
     awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
     rm -f "$log"
+    run_chaos || status=$?
+    return "$status"
+}
+
+# A short chaos run (every nemesis, both workloads) and one self-test, which must catch its
+# injected bug. Long runs over many seeds are documented in jepsen-tests/README.md.
+run_chaos() {
+    cd "$repo"
+    local status=0
+    echo "== chaos: jepsen-tests --time-limit 20 --seed 1" >&2
+    cargo run --release -q -p jepsen-tests -- --time-limit 20 --seed 1 --reservations || status=$?
+    echo "== chaos self-test: jepsen-tests --bug skip-idempotency-check" >&2
+    cargo run --release -q -p jepsen-tests -- --time-limit 20 --seed 1 --bug skip-idempotency-check || status=$?
+    if [ "$status" -eq 0 ]; then echo "chaos: valid, bug caught"; else echo "chaos: FAILED ($status)"; fi
     return "$status"
 }
 

@@ -201,16 +201,20 @@ impl Account {
         let warn_within_ms = self.alerts.grant_expiring_within_ms;
         let repayable_overage = self.repayable_overage();
         for grant in &self.grants {
-            if !grant.is_live() || grant.remaining == 0 {
+            if !grant.is_live() {
                 continue;
             }
+            // Even an exhausted grant expires: credits a hold took from it come back to it, and
+            // must then expire with it rather than stay in the balance.
             if let Some(expires_at_ms) = grant.expires_at_ms {
                 consider(expires_at_ms);
-                if let (Some(within_ms), false) = (warn_within_ms, grant.expiry_warned) {
+                if let (Some(within_ms), false, true) =
+                    (warn_within_ms, grant.expiry_warned, grant.remaining > 0)
+                {
                     consider(expires_at_ms.saturating_sub(within_ms));
                 }
             }
-            if repayable_overage > 0 {
+            if repayable_overage > 0 && grant.remaining > 0 {
                 consider(grant.effective_at_ms.max(self.settled_ms));
             }
         }
@@ -900,6 +904,7 @@ impl Account {
             expired_amount: 0,
             voided_amount: 0,
             expiry_warned: false,
+            voided_by_void: 0,
         });
         self.journal(
             effects,
@@ -941,6 +946,7 @@ impl Account {
         let amount = grant.remaining;
         grant.remaining = 0;
         grant.voided_amount += amount;
+        grant.voided_by_void = amount;
         let source = grant.source;
         self.voided += amount;
         if amount > 0 {
@@ -993,6 +999,7 @@ impl Account {
             plan_id: plan.plan_id.clone(),
             seats,
             anchor_ms: now_ms,
+            anchor_index: 0,
             period_index: 0,
             next_reset_ms,
             terms: plan.terms.clone(),
@@ -1016,9 +1023,8 @@ impl Account {
         if added == 0 || !subscription.terms.per_seat {
             return;
         }
-        let period = subscription.terms.period;
-        let start = period
-            .boundary(subscription.anchor_ms, subscription.period_index)
+        let start = subscription
+            .period_start(subscription.period_index)
             .unwrap_or(now_ms);
         let end = subscription.next_reset_ms;
         let length = u128::from(end.saturating_sub(start)).max(1);
@@ -1086,6 +1092,11 @@ impl Account {
     ) {
         let subscription = self.subscription.as_mut().expect("a subscription");
         if let Some(plan) = catalog.plans.get(&subscription.plan_id) {
+            // New terms apply from this period on; a new period length starts counting here.
+            if plan.terms.period != subscription.terms.period {
+                subscription.anchor_ms = at_ms;
+                subscription.anchor_index = subscription.period_index + 1;
+            }
             subscription.terms = plan.terms.clone();
         }
         subscription.period_index += 1;
@@ -1098,10 +1109,7 @@ impl Account {
         let subscription = self.subscription.as_mut().expect("a subscription");
         let terms = subscription.terms.clone();
         let index = subscription.period_index;
-        let period_end = terms
-            .period
-            .boundary(subscription.anchor_ms, index + 1)
-            .unwrap_or(u64::MAX);
+        let period_end = subscription.period_start(index + 1).unwrap_or(u64::MAX);
         subscription.next_reset_ms = period_end;
         let multiplier = if terms.per_seat {
             subscription.seats
@@ -1250,6 +1258,15 @@ impl Account {
             "account {}: the journal's running balance differs from the account's",
             self.account_id
         );
+    }
+}
+
+impl Subscription {
+    /// Start of period `index` (at or after the anchor's period).
+    fn period_start(&self, index: u64) -> Option<u64> {
+        self.terms
+            .period
+            .boundary(self.anchor_ms, index.checked_sub(self.anchor_index)?)
     }
 }
 

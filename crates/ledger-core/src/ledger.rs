@@ -747,7 +747,7 @@ impl Ledger {
                     .accounts
                     .get(account_id)
                     .and_then(|account| account.grant(grant_id))
-                    .map_or(0, |grant| grant.voided_amount);
+                    .map_or(0, |grant| grant.voided_by_void);
                 replayed(Accepted::Voided { voided })
             }
         }

@@ -258,7 +258,8 @@ pub enum Command {
         plan_id: String,
         seats: u64,
     },
-    /// End the account's subscription: its current allowance expires now.
+    /// End the account's subscription: no further allowance; the current one stays drawable
+    /// until its period ends.
     Unsubscribe { account_id: String },
     /// Set (`Some`) or remove (`None`) one scope's spend limit.
     SetSpendLimit {
@@ -616,6 +617,9 @@ pub struct Grant {
     pub voided_amount: u64,
     /// Whether the `grant_expiring` alert was emitted for it.
     pub expiry_warned: bool,
+    /// What the void voided when it was applied (its replays answer this; credits a hold gives
+    /// back later are voided too, and counted in `voided_amount` only).
+    pub voided_by_void: u64,
 }
 
 impl Grant {
@@ -688,13 +692,16 @@ pub struct Reservation {
     pub failed_commits: Vec<(Charge, Rejection)>,
 }
 
-/// An account's subscription to a plan. Period `k` is
-/// `[period.boundary(anchor, k), period.boundary(anchor, k + 1))`.
+/// An account's subscription to a plan. Period `k` is `[start(k), start(k + 1))` with
+/// `start(k) = terms.period.boundary(anchor_ms, k - anchor_index)`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Subscription {
     pub plan_id: String,
     pub seats: u64,
+    /// Period `anchor_index` starts at `anchor_ms`; later periods follow with `terms.period`.
+    /// A change of the plan's period re-anchors the subscription at the reset that applies it.
     pub anchor_ms: u64,
+    pub anchor_index: u64,
     /// The period the subscription is in (its allowance was granted).
     pub period_index: u64,
     /// Start of the next period, when the allowance resets.
