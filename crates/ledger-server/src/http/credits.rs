@@ -894,6 +894,9 @@ pub async fn get_plan(
     uri: OriginalUri,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(error) = parse::identifier(&plan_id, "plan id") {
+        return error.into_response();
+    }
     let request = forwardable(method, &uri, &headers, Bytes::new());
     match read_catalog(&context, &request).await {
         Ok(catalog) => match catalog.plans.get(&plan_id) {

@@ -520,10 +520,16 @@ pub fn webhook(body: &Bytes) -> Result<CatalogChange, ApiError> {
         ));
     }
     let secret = optional_string(&object, "secret")?
-        .filter(|secret| !secret.is_empty() && secret.len() <= WEBHOOK_FIELD_LENGTH_MAX)
+        .filter(|secret| !secret.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request(codes::MISSING_FIELD, "secret is required (1 to 2048 bytes)")
         })?;
+    if secret.len() > WEBHOOK_FIELD_LENGTH_MAX {
+        return Err(ApiError::bad_request(
+            codes::INVALID_FIELD,
+            "secret must be at most 2048 bytes",
+        ));
+    }
     Ok(CatalogChange::Webhook {
         endpoint: Some(WebhookEndpoint {
             url: url.to_owned(),
