@@ -3,7 +3,7 @@
 //! directory.
 //!
 //! With partitions enabled, node j binds Raft on a private port and every config advertises the
-//! [`RaftProxy`](crate::proxy::RaftProxy)'s port for j instead, so the harness sits on every
+//! [`RaftProxy`]'s port for j instead, so the harness sits on every
 //! Raft link. Every wait polls a condition with a deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
