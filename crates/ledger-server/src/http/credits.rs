@@ -336,19 +336,24 @@ pub async fn update_account(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command = match parse::identifier(&account_id, "account id")
-        .and_then(|account_id| parse::update_account(&account_id, &body))
+    let request = forwardable(method, &uri, &headers, body);
+    parsed_setting(&context, &account_id, request, parse::update_account).await
+}
+
+/// A setting whose body `parse` turns into a command: decided, answered with the account.
+async fn parsed_setting(
+    context: &NodeContext,
+    account_id: &str,
+    request: Forwardable,
+    parse: fn(&str, &Bytes) -> Result<Command, ApiError>,
+) -> Response {
+    let command = match parse::identifier(account_id, "account id")
+        .and_then(|account_id| parse(&account_id, &request.body))
     {
         Ok(command) => command,
         Err(error) => return error.into_response(),
     };
-    setting(
-        &context,
-        &account_id,
-        command,
-        forwardable(method, &uri, &headers, body),
-    )
-    .await
+    setting(context, account_id, command, request).await
 }
 
 /// Decides a setting of an account and answers with the account.
@@ -970,19 +975,8 @@ pub async fn put_subscription(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command = match parse::identifier(&account_id, "account id")
-        .and_then(|account_id| parse::subscribe(&account_id, &body))
-    {
-        Ok(command) => command,
-        Err(error) => return error.into_response(),
-    };
-    setting(
-        &context,
-        &account_id,
-        command,
-        forwardable(method, &uri, &headers, body),
-    )
-    .await
+    let request = forwardable(method, &uri, &headers, body);
+    parsed_setting(&context, &account_id, request, parse::subscribe).await
 }
 
 /// `DELETE /v1/accounts/{id}/subscription`: no further allowance; the current one stays until
@@ -1018,19 +1012,8 @@ pub async fn put_limits(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command = match parse::identifier(&account_id, "account id")
-        .and_then(|account_id| parse::spend_limit(&account_id, &body))
-    {
-        Ok(command) => command,
-        Err(error) => return error.into_response(),
-    };
-    setting(
-        &context,
-        &account_id,
-        command,
-        forwardable(method, &uri, &headers, body),
-    )
-    .await
+    let request = forwardable(method, &uri, &headers, body);
+    parsed_setting(&context, &account_id, request, parse::spend_limit).await
 }
 
 /// `PUT /v1/accounts/{id}/alerts`: `{"low_balance":[...],"auto_top_up_below"?,...}`
@@ -1042,19 +1025,8 @@ pub async fn put_alerts(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command = match parse::identifier(&account_id, "account id")
-        .and_then(|account_id| parse::alerts(&account_id, &body))
-    {
-        Ok(command) => command,
-        Err(error) => return error.into_response(),
-    };
-    setting(
-        &context,
-        &account_id,
-        command,
-        forwardable(method, &uri, &headers, body),
-    )
-    .await
+    let request = forwardable(method, &uri, &headers, body);
+    parsed_setting(&context, &account_id, request, parse::alerts).await
 }
 
 // ------------------------------------------------------------------ events
