@@ -1367,6 +1367,7 @@ pub async fn statement(
             "feature": usage.feature,
             "credits": usage.credits,
             "count": usage.count,
+            "quantity": usage.quantity,
         })).collect::<Vec<_>>(),
         "consumed_total": statement.consumed_total,
         "expired": statement.expired,
