@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -735,6 +735,127 @@ fn urlencode(text: &str) -> String {
 
 /// What a webhook receiver got: (event id, signature, body).
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A webhook receiver that refuses deliveries while `accepting` is false.
+async fn start_receiver(
+    received: Received,
+    accepting: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let received = Arc::clone(&received);
+            let accepting = Arc::clone(&accepting);
+            async move {
+                if !accepting.load(Ordering::SeqCst) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let id = headers
+                    .get(ledger_server::EVENT_ID_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                received.lock().expect("lock").push((
+                    id,
+                    String::new(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    Ok((
+        url,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_delivery_continues_after_the_leader_is_gone() -> Result<()> {
+    let received: Received = Arc::default();
+    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, server) = start_receiver(Arc::clone(&received), Arc::clone(&accepting)).await?;
+    let mut cluster = TestCluster::start(3).await?;
+    let api = Api::new(cluster.urls());
+    api.ok(
+        Method::PUT,
+        "/v1/webhooks",
+        Some(json!({"url": url, "secret": "s"})),
+    )
+    .await?;
+    let accounts: Vec<String> = (0..8).map(|index| format!("w{index}")).collect();
+    for account in &accounts {
+        api.ok(
+            Method::POST,
+            "/v1/accounts",
+            Some(json!({"account_id": account})),
+        )
+        .await?;
+        api.ok(
+            Method::PUT,
+            &format!("/v1/accounts/{account}/alerts"),
+            Some(json!({"low_balance": [1]})),
+        )
+        .await?;
+    }
+    let expected: BTreeSet<String> = api
+        .events()
+        .await?
+        .iter()
+        .filter_map(|event| event["id"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(expected.len() == accounts.len(), "{expected:?}");
+    // The receiver refused every delivery so far. Stop the node that leads the most shards:
+    // its shards' new leaders must deliver what it never got acknowledged.
+    let leaders = cluster.wait_for_leaders().await?;
+    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    for leader in leaders.values() {
+        *led.entry(*leader).or_default() += 1;
+    }
+    let (&stopped, _) = led
+        .iter()
+        .max_by_key(|(_, count)| **count)
+        .context("a leader")?;
+    let node = cluster.nodes[(stopped - 1) as usize]
+        .take()
+        .context("the node runs")?;
+    node.shutdown().await;
+    accepting.store(true, Ordering::SeqCst);
+    let api = Api::new(
+        cluster
+            .configs
+            .iter()
+            .filter(|config| config.node_id != stopped)
+            .map(|config| format!("http://{}", config.http_addr))
+            .collect(),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got: BTreeSet<String> = received
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        if expected.is_subset(&got) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after node {stopped} stopped, webhooks delivered {got:?}, expected {expected:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still listed, in order, by the survivors.
+    let listed = api.events().await?.len();
+    ensure!(listed == expected.len(), "{listed} events listed");
+    cluster.shutdown().await;
+    server.abort();
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_are_delivered_as_signed_webhooks_at_least_once() -> Result<()> {
