@@ -2,9 +2,11 @@
 //! operators' TOML format), data directory, log file and clock offset file, in the run
 //! directory.
 //!
-//! With partitions enabled, node j binds Raft on a private port and every config advertises the
-//! [`RaftProxy`]'s port for j instead, so the harness sits on every
-//! Raft link. Every wait polls a condition with a deadline.
+//! In [`NetworkMode::RaftProxy`] node j binds Raft on a private port and every config advertises
+//! the [`RaftProxy`]'s port for j instead, so the harness sits on every Raft link. In
+//! [`NetworkMode::Namespaces`] every node runs in a network namespace of its own
+//! ([`NetnsNetwork`]) on its own address instead of loopback. Every wait polls a condition with a
+//! deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -20,7 +22,8 @@ use ledger_client::{ClientOptions, LedgerClient};
 
 use crate::clock::{write_offset, Faketime};
 use crate::error::HarnessError;
-use crate::proxy::{ProxiedNode, RaftProxy};
+use crate::netns::NetnsNetwork;
+use crate::proxy::{BlockedLinks, ProxiedNode, RaftProxy};
 use crate::NodeId;
 
 /// The environment variable that switches a named bug on in a `fault-injection` build.
@@ -30,6 +33,33 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub type ShardId = u32;
 
+/// The HTTP port of every node in its own namespace (each namespace has its own ports).
+pub const NAMESPACE_HTTP_PORT: u16 = 7_000;
+/// The Raft port of every node in its own namespace.
+pub const NAMESPACE_RAFT_PORT: u16 = 7_100;
+
+/// How the nodes are connected, and what a partition cuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Loopback, nothing in between: partitions are impossible.
+    Loopback,
+    /// Loopback with the harness's proxy on every Raft link: partitions cut Raft only (no root).
+    RaftProxy,
+    /// A network namespace per node behind a bridge: partitions are firewall DROP rules that
+    /// cut every packet between nodes (root only).
+    Namespaces,
+}
+
+impl NetworkMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkMode::Loopback => "loopback",
+            NetworkMode::RaftProxy => "proxy (Raft links only)",
+            NetworkMode::Namespaces => "netns (firewall rules between namespaces)",
+        }
+    }
+}
+
 /// What the cluster is made of.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -37,8 +67,8 @@ pub struct ClusterOptions {
     pub shard_count: u32,
     pub ledgerd: PathBuf,
     pub run_dir: PathBuf,
-    /// Route Raft links through the harness's proxy (needed by the partition nemesis).
-    pub proxied_raft: bool,
+    /// How nodes are connected (the partition nemesis needs the proxy or namespaces).
+    pub network: NetworkMode,
     /// Run every node under libfaketime (needed by the clock nemesis).
     pub faketime: Option<Faketime>,
     /// A named bug of a `fault-injection` build, passed as [`FAULT_INJECTION_ENV`].
@@ -75,6 +105,9 @@ pub struct Cluster {
     /// One attempt per call: the harness asks one node at a time.
     admin: LedgerClient,
     proxy: Option<RaftProxy>,
+    /// Declared after nothing that needs it: `Drop for Cluster` stops the nodes before the
+    /// fields drop, so the namespaces are deleted only once no node runs in them.
+    netns: Option<NetnsNetwork>,
     /// Two spare free ports for probes (the clock check).
     pub spare_ports: (u16, u16),
 }
@@ -85,18 +118,29 @@ impl Cluster {
         let count = options.node_count;
         let ports = free_ports(count * 3 + 2)?;
         let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let node_ids: Vec<NodeId> = (1..=count as NodeId).collect();
+        let netns = if options.network == NetworkMode::Namespaces {
+            Some(NetnsNetwork::create(&node_ids)?)
+        } else {
+            None
+        };
         let mut nodes = Vec::with_capacity(count);
-        for index in 0..count {
-            let id = index as NodeId + 1;
-            let raft_bind_addr = loopback(ports[3 * index + 1]);
-            let raft_advertised_addr = if options.proxied_raft {
+        for (index, &id) in node_ids.iter().enumerate() {
+            let (http_addr, raft_bind_addr) = match netns.as_ref().and_then(|net| net.node(id)) {
+                Some(place) => (
+                    SocketAddr::from((place.address, NAMESPACE_HTTP_PORT)),
+                    SocketAddr::from((place.address, NAMESPACE_RAFT_PORT)),
+                ),
+                None => (loopback(ports[3 * index]), loopback(ports[3 * index + 1])),
+            };
+            let raft_advertised_addr = if options.network == NetworkMode::RaftProxy {
                 loopback(ports[3 * index + 2])
             } else {
                 raft_bind_addr
             };
             nodes.push(NodeProcess {
                 id,
-                http_addr: loopback(ports[3 * index]),
+                http_addr,
                 raft_bind_addr,
                 raft_advertised_addr,
                 config_path: options.run_dir.join(format!("node{id}.toml")),
@@ -115,7 +159,7 @@ impl Cluster {
                 .map_err(HarnessError::io("writing", &node.config_path))?;
             write_offset(&node.clock_offset_path, 0)?;
         }
-        let proxy = if options.proxied_raft {
+        let proxy = if options.network == NetworkMode::RaftProxy {
             let proxied: Vec<ProxiedNode> = nodes
                 .iter()
                 .map(|node| ProxiedNode {
@@ -142,6 +186,7 @@ impl Cluster {
             nodes,
             admin,
             proxy,
+            netns,
             spare_ports,
         };
         for id in cluster.node_ids() {
@@ -182,6 +227,36 @@ impl Cluster {
 
     pub fn proxy(&self) -> Option<&RaftProxy> {
         self.proxy.as_ref()
+    }
+
+    pub fn netns(&self) -> Option<&NetnsNetwork> {
+        self.netns.as_ref()
+    }
+
+    /// Whether the network can be partitioned (proxy or namespaces).
+    pub fn can_partition(&self) -> bool {
+        self.proxy.is_some() || self.netns.is_some()
+    }
+
+    /// Replaces the set of cut (source, target) links: refused by the proxy, or dropped by the
+    /// target's firewall in namespaces.
+    pub fn set_partition(&self, blocked: BlockedLinks) -> Result<(), HarnessError> {
+        if let Some(netns) = &self.netns {
+            return netns.set_blocked(&blocked);
+        }
+        match &self.proxy {
+            Some(proxy) => {
+                proxy.set_blocked(blocked);
+                Ok(())
+            }
+            None => Err(HarnessError::Options {
+                message: "the partition nemesis needs the Raft proxy or --net netns".to_owned(),
+            }),
+        }
+    }
+
+    pub fn heal_partition(&self) -> Result<(), HarnessError> {
+        self.set_partition(BlockedLinks::new())
     }
 
     pub fn is_running(&self, id: NodeId) -> bool {
@@ -247,9 +322,15 @@ impl Cluster {
         if let Some(bug) = &bug {
             command.env(FAULT_INJECTION_ENV, bug);
         }
+        let namespace = match &self.netns {
+            Some(netns) => Some(netns.enter_namespace(id, &mut command)?),
+            None => None,
+        };
         let process = command
             .spawn()
             .map_err(HarnessError::io("spawning", &ledgerd))?;
+        drop(namespace);
+        let node = self.node_mut(id)?;
         node.process = Some(process);
         node.paused = false;
         Ok(())

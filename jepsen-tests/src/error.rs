@@ -25,6 +25,8 @@ pub enum HarnessError {
     Setup { message: String },
     #[error("clock faults are unusable: {message}")]
     Clock { message: String },
+    #[error("network namespaces: {message}")]
+    Network { message: String },
     #[error("invalid options: {message}")]
     Options { message: String },
 }

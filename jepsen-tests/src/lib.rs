@@ -2,7 +2,8 @@
 //!
 //! Starts N real `ledgerd` processes on loopback ([`cluster`]), injects faults on a seeded
 //! schedule ([`nemesis`]: kill -9 and restart, SIGSTOP/SIGCONT, partitions through a
-//! harness-owned TCP proxy on the Raft links ([`proxy`]), clock jumps with libfaketime
+//! harness-owned TCP proxy on the Raft links ([`proxy`]) or, as root, firewall rules between
+//! nodes in network namespaces of their own ([`netns`]), clock jumps with libfaketime
 //! ([`clock`])), runs concurrent clients that record every operation as invoke then
 //! ok / fail / info ([`workload`], [`history`]), heals, reads the final state, and judges the
 //! history with independent checkers ([`checker`]): exactly-once per key, conservation, the
@@ -21,6 +22,7 @@ pub mod error;
 pub mod history;
 pub mod ledgerd_binary;
 pub mod nemesis;
+pub mod netns;
 pub mod proxy;
 pub mod report;
 pub mod run;

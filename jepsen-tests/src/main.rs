@@ -39,6 +39,11 @@ struct Arguments {
     /// the expected anomaly is reported.
     #[arg(long)]
     bug: Option<String>,
+    /// Network: `proxy` (loopback; partitions cut Raft links through the harness's proxy, no
+    /// root needed) or `netns` (a network namespace per node; partitions are firewall DROP
+    /// rules that cut every packet between nodes; root only).
+    #[arg(long, default_value = "proxy")]
+    net: String,
     /// Run directory. Default: jepsen-tests/runs/<UTC timestamp>-seed<seed>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -91,6 +96,11 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
         (None, Some(bug)) => bug.default_workloads(),
         (None, None) => [Workload::Bank, Workload::Linear].into_iter().collect(),
     };
+    let namespaces = match arguments.net.as_str() {
+        "proxy" => false,
+        "netns" => true,
+        other => anyhow::bail!("unknown --net {other:?} (expected proxy or netns)"),
+    };
     if workloads.is_empty() {
         anyhow::bail!("at least one workload is needed");
     }
@@ -113,6 +123,7 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
         workloads,
         schedule: bug.map(Bug::default_schedule).unwrap_or_default(),
         bug,
+        namespaces,
         run_dir,
         ledgerd: arguments.ledgerd,
         bank_accounts: arguments.bank_accounts,
@@ -152,7 +163,23 @@ fn main() -> ExitCode {
     };
     let run_dir = options.run_dir.clone();
     let seed = options.seed;
-    match runtime.block_on(run(options)) {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(options) => Some(outcome),
+            signal = shutdown_signal() => {
+                eprintln!("jepsen-tests: {signal}: stopping the nodes and removing the network");
+                None
+            }
+        }
+    });
+    let Some(outcome) = outcome else {
+        // Dropping the runtime drops the nemesis and workload tasks, and with the last of them
+        // the cluster, whose drop kills the nodes and deletes the network namespaces.
+        drop(runtime);
+        eprintln!("run directory: {}", run_dir.display());
+        return ExitCode::from(130);
+    };
+    match outcome {
         Ok(summary) => {
             println!("{}", summary.report_text);
             println!("run directory: {}", run_dir.display());
@@ -179,6 +206,23 @@ fn main() -> ExitCode {
             eprintln!("jepsen-tests: the harness failed (nothing was judged): {error}");
             eprintln!("run directory: {}", run_dir.display());
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM with the signal's name, so that the run is dropped (and
+/// cleans up) instead of the process dying with its namespaces and firewall rules left behind.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+            _ = terminate.recv() => "terminated (SIGTERM)",
+        },
+        Err(_) => {
+            // Without a SIGTERM handler, Ctrl-C is still handled.
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted (Ctrl-C)"
         }
     }
 }
@@ -212,6 +256,11 @@ mod tests {
             options.nemeses,
             [FaultKind::Kill, FaultKind::Clock].into_iter().collect()
         );
+        assert!(!options.namespaces, "the proxy is the default network");
         assert!(Arguments::try_parse_from(["jepsen-tests", "--nodes"]).is_err());
+        let netns = run_options(Arguments::parse_from(["jepsen-tests", "--net", "netns"]))
+            .expect("valid arguments");
+        assert!(netns.namespaces);
+        assert!(run_options(Arguments::parse_from(["jepsen-tests", "--net", "vlan"])).is_err());
     }
 }

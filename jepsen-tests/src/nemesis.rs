@@ -3,7 +3,8 @@
 //! everything at the end. Every start and heal is written to the timeline (`nemesis.jsonl`).
 //!
 //! Faults: `kill` (SIGKILL, restart at heal), `pause` (SIGSTOP, SIGCONT at heal), `partition`
-//! (majority/minority, isolate the leader of most shards, bridge; through the Raft proxy),
+//! (majority/minority, isolate the leader of most shards, bridge; through the Raft proxy, or
+//! firewall rules between network namespaces with `--net netns`),
 //! `clock` (a skew or a jump of one node's wall clock through libfaketime). Targets are a random
 //! node or the node leading the most shards. A node that exits by itself is recorded as a
 //! `crash` (an anomaly: the harness never causes it) and restarted.
@@ -385,12 +386,7 @@ impl Nemesis {
                 let leader = cluster.leader_of_most_shards().await;
                 let (blocked, nodes, description) =
                     self.choose_partition(&cluster.node_ids(), leader);
-                let Some(proxy) = cluster.proxy() else {
-                    return Err(HarnessError::Options {
-                        message: "the partition nemesis needs the Raft proxy".to_owned(),
-                    });
-                };
-                proxy.set_blocked(blocked);
+                cluster.set_partition(blocked)?;
                 (ActiveFault::Partitioned, nodes, description)
             }
         };
@@ -466,12 +462,11 @@ impl Nemesis {
                     format!("SIGCONT node {node}"),
                     cluster.resume(*node),
                 ),
-                ActiveFault::Partitioned => {
-                    if let Some(proxy) = cluster.proxy() {
-                        proxy.heal();
-                    }
-                    (Vec::new(), "partition healed".to_owned(), Ok(()))
-                }
+                ActiveFault::Partitioned => (
+                    Vec::new(),
+                    "partition healed".to_owned(),
+                    cluster.heal_partition(),
+                ),
                 ActiveFault::ClockMoved(node) => (
                     vec![*node],
                     format!("clock of node {node} reset to +0 s"),

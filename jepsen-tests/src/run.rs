@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::checker::{self, CheckResult, FinalState, Lookup, Verdict};
 use crate::clock::{self, Faketime};
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::cluster::{Cluster, ClusterOptions, NetworkMode};
 use crate::error::HarnessError;
 use crate::history::{self, AccountSnapshot, Operation, Recorder, Request, Workload};
 use crate::ledgerd_binary;
@@ -116,6 +116,9 @@ pub struct RunOptions {
     pub workloads: BTreeSet<Workload>,
     pub schedule: Schedule,
     pub bug: Option<Bug>,
+    /// Run every node in a network namespace of its own (`--net netns`, root only) instead of
+    /// on loopback (with the Raft proxy when partitions are on).
+    pub namespaces: bool,
     pub run_dir: PathBuf,
     /// A prebuilt binary instead of `cargo build`.
     pub ledgerd: Option<PathBuf>,
@@ -152,7 +155,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
         shard_count: options.shard_count,
         ledgerd: ledgerd.clone(),
         run_dir: options.run_dir.clone(),
-        proxied_raft: options.nemeses.contains(&FaultKind::Partition),
+        network: network_mode(&options),
         faketime: faketime.clone(),
         bug: options.bug.map(|bug| bug.name().to_owned()),
     })
@@ -359,6 +362,16 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
     })
 }
 
+fn network_mode(options: &RunOptions) -> NetworkMode {
+    if options.namespaces {
+        NetworkMode::Namespaces
+    } else if options.nemeses.contains(&FaultKind::Partition) {
+        NetworkMode::RaftProxy
+    } else {
+        NetworkMode::Loopback
+    }
+}
+
 /// A passed run keeps its history, timeline, logs and report, but not the binary copy (hundreds
 /// of megabytes) and the data directories: long loops over many seeds would fill the disk.
 fn remove_bulky_artifacts(run_dir: &std::path::Path) {
@@ -420,6 +433,10 @@ fn report_header(options: &RunOptions, ledgerd: &std::path::Path) -> Vec<(String
                     .map(|workload| format!("{workload:?}").to_lowercase())
                     .collect(),
             ),
+        ),
+        (
+            "network".to_owned(),
+            network_mode(options).name().to_owned(),
         ),
         ("reservations".to_owned(), options.reservations.to_string()),
         (
