@@ -11,7 +11,7 @@ use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
 use ledger_raft::reads::ReadBatcher;
-use ledger_raft::{LedgerNode, LedgerRaft, NodeId, ShardId, SharedShardState};
+use ledger_raft::{LedgerLogId, LedgerNode, LedgerRaft, NodeId, ShardId, SharedShardState};
 use ledger_storage::NodeStorage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -51,6 +51,9 @@ pub struct NodeTuning {
     pub actors: ActorLimits,
 }
 
+/// A state digest and the applied log id it was computed at.
+type AppliedDigest = (Option<LedgerLogId>, u128);
+
 /// One shard replica hosted by this node.
 #[derive(Clone)]
 pub struct ShardReplica {
@@ -59,12 +62,31 @@ pub struct ShardReplica {
     pub proposer: ProposerHandle,
     pub reads: ReadBatcher,
     pub state: SharedShardState,
+    /// The last digest computed, with the applied log id it belongs to: the state changes only
+    /// with `last_applied`, and a digest is O(state), so `GET /admin/cluster` (polled by tools)
+    /// recomputes it only when the shard moved.
+    digest: Arc<parking_lot::Mutex<Option<AppliedDigest>>>,
 }
 
 impl ShardReplica {
     /// The leader this replica knows of.
     pub fn current_leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The applied index and the state digest at it.
+    pub fn applied_digest(&self) -> (Option<u64>, u128) {
+        let state = self.state.read();
+        let mut cached = self.digest.lock();
+        let digest = match *cached {
+            Some((applied, digest)) if applied == state.last_applied => digest,
+            _ => {
+                let digest = state.ledger.digest();
+                *cached = Some((state.last_applied, digest));
+                digest
+            }
+        };
+        (state.last_applied.map(|log_id| log_id.index), digest)
     }
 }
 
@@ -162,6 +184,7 @@ impl RunningNode {
             replicas.insert(
                 shard,
                 ShardReplica {
+                    digest: Arc::default(),
                     shard,
                     reads: ReadBatcher::new(shard, raft.clone()),
                     raft,

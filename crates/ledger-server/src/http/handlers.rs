@@ -667,13 +667,13 @@ pub async fn cluster(State(context): Context) -> Response {
             Some(replica) => {
                 let metrics = replica.raft.metrics().borrow().clone();
                 let members = metrics.membership_config.membership().voter_ids().collect();
-                let state = replica.state.read();
+                let (last_applied, digest) = replica.applied_digest();
                 ShardInfo {
                     shard_id: shard,
                     leader: metrics.current_leader,
                     members,
-                    last_applied: state.last_applied.map(|log_id| log_id.index),
-                    digest: format!("{:032x}", state.ledger.digest()),
+                    last_applied,
+                    digest: format!("{digest:032x}"),
                 }
             }
             None => ShardInfo {
