@@ -54,6 +54,8 @@ struct ModelGrant {
     expired: bool,
     voided: bool,
     voided_amount: u64,
+    /// What the void voided when it was applied: the answer of its repeats.
+    voided_by_void: u64,
 }
 
 impl ModelGrant {
@@ -316,6 +318,7 @@ impl ModelAccount {
             expired: false,
             voided: false,
             voided_amount: 0,
+            voided_by_void: 0,
         });
     }
 
@@ -653,8 +656,10 @@ impl Model {
                     return fresh(Err(Rejection::GrantNotFound));
                 };
                 if grant.voided {
+                    // A repeat answers what the first void voided (held credits that came back
+                    // later were voided too, but are not part of that answer).
                     return replay(Ok(Accepted::Voided {
-                        voided: grant.voided_amount,
+                        voided: grant.voided_by_void,
                     }));
                 }
                 grant.voided = true;
@@ -662,6 +667,7 @@ impl Model {
                 let voided = if grant.expired { 0 } else { grant.remaining };
                 grant.remaining = 0;
                 grant.voided_amount += voided;
+                grant.voided_by_void = voided;
                 account.voided += voided;
                 fresh(Ok(Accepted::Voided { voided }))
             }
