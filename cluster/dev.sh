@@ -15,27 +15,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/credit-ledger/target}
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# RocksDB's bindings are generated with bindgen, which needs libclang; RocksDB itself needs a
-# C++ compiler.
-ensure_build_dependencies() {
-    local missing=()
-    if ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
-        && ! compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null; then
-        missing+=(libclang-dev)
-    fi
-    command -v c++ >/dev/null || missing+=(g++)
-    command -v cargo >/dev/null || { echo "cargo is required (install Rust with rustup)" >&2; exit 1; }
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing build dependencies: ${missing[*]}" >&2
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-    mkdir -p "$CARGO_TARGET_DIR"
-}
+# shellcheck source=cluster/build-deps.sh
+source "$repo/cluster/build-deps.sh"
 
 run_tests() {
     cd "$repo"
@@ -76,11 +57,13 @@ command=${1:-}
 case "$command" in
     run)
         ensure_build_dependencies
+        mkdir -p "$CARGO_TARGET_DIR"
         cd "$repo"
         exec cargo run --release -p ledgerd -- "$@"
         ;;
     test)
         ensure_build_dependencies
+        mkdir -p "$CARGO_TARGET_DIR"
         run_tests
         ;;
     *)
