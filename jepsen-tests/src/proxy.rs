@@ -2,7 +2,7 @@
 //!
 //! Node j binds its Raft listener on a private port, while every node's config advertises the
 //! proxy's port for j (`cluster.nodes[j].raft_addr`). A node dialing j opens with a 16-byte
-//! handshake: the 8-byte preamble `LDGRAFT\x02`, then its own node id (u64, big endian). The
+//! handshake: the 8-byte preamble `LDGRAFT\x03`, then its own node id (u64, big endian). The
 //! proxy reads it, learns the (source, target) link, and forwards the bytes (handshake
 //! included) both ways, unless the link is blocked: then the connection is closed at once. When
 //! a partition starts, live connections of newly blocked links are closed too, so Raft notices
@@ -24,7 +24,7 @@ use crate::error::HarnessError;
 use crate::NodeId;
 
 /// The Raft transport's protocol preamble (name and version), the first 8 handshake bytes.
-pub const RAFT_PREAMBLE: [u8; 8] = *b"LDGRAFT\x02";
+pub const RAFT_PREAMBLE: [u8; 8] = *b"LDGRAFT\x03";
 /// Preamble plus the dialing node's id.
 pub const HANDSHAKE_BYTES: usize = 16;
 /// A dialer that does not send its handshake within this is dropped.

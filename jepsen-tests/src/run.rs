@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::Mutex;
 
-use crate::checker::{self, CheckResult, FinalState, Lookup, Verdict};
+use crate::checker::{self, CheckResult, FinalState, Lookup, ReservationLookup, Verdict};
 use crate::clock::{self, Faketime};
 use crate::cluster::{Cluster, ClusterOptions, NetworkMode};
 use crate::error::HarnessError;
@@ -550,44 +550,85 @@ async fn read_final_state(
             .accounts
             .insert(account.clone(), read_account(&client, urls, account).await);
     }
-    let keys: BTreeSet<(String, String)> = operations
+    let debit_keys: BTreeSet<(String, String)> = operations
         .iter()
         .filter_map(|operation| match &operation.request {
             Request::Debit { key, .. } => Some((operation.account.clone(), key.clone())),
             _ => None,
         })
         .collect();
-    let keys: Vec<(String, String)> = keys.into_iter().collect();
-    // A few lookups in flight at once: thousands of keys, one round trip each.
-    for chunk in keys.chunks(32) {
-        let lookups = chunk.iter().cloned().map(|(account, key)| {
-            let client = client.clone();
-            async move {
-                let lookup = match client.get_debit(&account, &key).await {
-                    Ok(Some(response)) => Lookup::Decided {
-                        accepted: response.status == STATUS_ACCEPTED,
-                        amount: response.amount,
-                        available: response.available,
-                        code: response.code,
-                    },
-                    Ok(None) => Lookup::NotDecided,
-                    Err(error) => Lookup::Failed(error.to_string()),
-                };
-                ((account, key), lookup)
+    state.debit_lookups = look_up_all(debit_keys, |(account, key)| {
+        let client = client.clone();
+        async move {
+            match client.get_debit(&account, &key).await {
+                Ok(Some(response)) => Lookup::Decided {
+                    accepted: response.status == STATUS_ACCEPTED,
+                    amount: response.amount,
+                    available: response.available,
+                    code: response.code,
+                },
+                Ok(None) => Lookup::NotDecided,
+                Err(error) => Lookup::Failed(error.to_string()),
             }
-        });
-        let mut handles = Vec::new();
-        for lookup in lookups {
-            handles.push(tokio::spawn(lookup));
         }
+    })
+    .await?;
+    let reservation_ids: BTreeSet<(String, String)> = operations
+        .iter()
+        .filter_map(|operation| match &operation.request {
+            Request::Reserve { reservation_id, .. } => {
+                Some((operation.account.clone(), reservation_id.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    state.reservation_lookups = look_up_all(reservation_ids, |(account, reservation_id)| {
+        let client = client.clone();
+        async move {
+            match client.get_reservation(&account, &reservation_id).await {
+                Ok(Some(response)) => ReservationLookup::Found {
+                    status: response.status,
+                    amount: response.amount,
+                    committed: response.committed,
+                },
+                Ok(None) => ReservationLookup::NotFound,
+                Err(error) => ReservationLookup::Failed(error.to_string()),
+            }
+        }
+    })
+    .await?;
+    Ok(state)
+}
+
+/// Runs `look_up` for every key, a few at a time (thousands of keys, one round trip each).
+async fn look_up_all<V, F, Fut>(
+    keys: BTreeSet<(String, String)>,
+    look_up: F,
+) -> Result<BTreeMap<(String, String), V>, HarnessError>
+where
+    V: Send + 'static,
+    F: Fn((String, String)) -> Fut,
+    Fut: std::future::Future<Output = V> + Send + 'static,
+{
+    let keys: Vec<(String, String)> = keys.into_iter().collect();
+    let mut found = BTreeMap::new();
+    for chunk in keys.chunks(32) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .map(|key| {
+                let lookup = look_up(key.clone());
+                let key = key.clone();
+                tokio::spawn(async move { (key, lookup.await) })
+            })
+            .collect();
         for handle in handles {
-            let (key, lookup) = handle.await.map_err(|error| HarnessError::Setup {
+            let (key, value) = handle.await.map_err(|error| HarnessError::Setup {
                 message: format!("a lookup task failed: {error}"),
             })?;
-            state.debit_lookups.insert(key, lookup);
+            found.insert(key, value);
         }
     }
-    Ok(state)
+    Ok(found)
 }
 
 async fn read_account(

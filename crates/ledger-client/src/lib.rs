@@ -300,6 +300,30 @@ impl LedgerClient {
         }
     }
 
+    /// `GET /v1/accounts/{id}/reservations/{rid}`: the reservation's current state, or `None`
+    /// when no reserve with that id was ever decided (404 `reservation_not_found`).
+    pub async fn get_reservation(
+        &self,
+        account_id: &str,
+        reservation_id: &str,
+    ) -> Result<Option<ReservationResponse>, ClientError> {
+        let answer = self
+            .call::<()>(
+                Method::GET,
+                &["v1", "accounts", account_id, "reservations", reservation_id],
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => decode(&answer).map(Some),
+            404 => match api_error(&answer) {
+                ClientError::Api { code, .. } if code == codes::RESERVATION_NOT_FOUND => Ok(None),
+                other => Err(other),
+            },
+            _ => Err(api_error(&answer)),
+        }
+    }
+
     /// `POST /v1/debits/batch`: one result per item, in order. A retry of the whole batch after
     /// an unknown outcome is safe: every item carries its key.
     pub async fn batch_debits(

@@ -472,6 +472,46 @@ async fn get_debit_maps_debit_not_found_to_none_only() {
 }
 
 #[tokio::test]
+async fn get_reservation_maps_reservation_not_found_to_none_only() {
+    let committed = json!({
+        "account_id": "acct-1", "reservation_id": "r-1", "status": "committed", "amount": 10,
+        "expires_at": "2026-11-26T00:00:10Z", "committed": 4, "released": 6, "replayed": false
+    });
+    let node = FakeNode::start(vec![
+        error_reply(404, codes::RESERVATION_NOT_FOUND, None),
+        reply(200, committed),
+        error_reply(404, codes::ACCOUNT_NOT_FOUND, None),
+    ])
+    .await;
+    let client = client_of(&[&node.url], fast_options(3));
+
+    let never = client
+        .get_reservation("acct-1", "r-0")
+        .await
+        .expect("answered");
+    let found = client
+        .get_reservation("acct-1", "r-1")
+        .await
+        .expect("answered");
+    let no_account = client
+        .get_reservation("ghost", "r-1")
+        .await
+        .expect_err("unknown");
+
+    assert_eq!(never, None);
+    let found = found.expect("decided");
+    assert_eq!(
+        (found.status.as_str(), found.committed),
+        ("committed", Some(4))
+    );
+    assert_eq!(no_account.code(), Some(codes::ACCOUNT_NOT_FOUND));
+    assert_eq!(
+        node.received()[1].path,
+        "/v1/accounts/acct-1/reservations/r-1"
+    );
+}
+
+#[tokio::test]
 async fn path_segments_are_percent_encoded() {
     let node = FakeNode::start(vec![error_reply(404, codes::ACCOUNT_NOT_FOUND, None)]).await;
     let client = client_of(&[&node.url], fast_options(1));

@@ -13,8 +13,13 @@ pub struct GroupConfigError {
 
 /// Timing of the shard groups. Elections must not fire because of scheduling noise on a small,
 /// busy machine (every node of a test cluster may share two cores), yet a dead leader should be
-/// replaced within a couple of seconds. openraft 0.9 also uses the heartbeat interval as the
+/// replaced within a few seconds. openraft 0.9 also uses the heartbeat interval as the
 /// timeout of every append-entries RPC, so it must cover a follower's fsync under load.
+///
+/// openraft 0.9's leader lease equals `election_timeout_max`, so a follower campaigns
+/// `election_timeout_max` + a random draw from [`election_timeout_min`, `election_timeout_max`]
+/// after it last heard from its leader: 2.5–3.0 s with the defaults (12 heartbeats at least), and
+/// only once the [`election_gate`](crate::election_gate) lets it.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupTiming {
     pub heartbeat_interval_ms: u64,
@@ -26,8 +31,8 @@ impl Default for GroupTiming {
     fn default() -> Self {
         GroupTiming {
             heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 1200,
-            election_timeout_max_ms: 2400,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 1500,
         }
     }
 }
@@ -52,7 +57,9 @@ impl Default for SnapshotSettings {
     }
 }
 
-/// The openraft config of one shard group.
+/// The openraft config of one shard group. Elections start disabled: the node's
+/// [`election_gate`](crate::election_gate) enables them per group when a majority agrees that the
+/// leader is gone, so the node must run one.
 pub fn group_config(
     shard_count: u32,
     timing: GroupTiming,
@@ -69,6 +76,7 @@ pub fn group_config(
         max_in_snapshot_log_to_keep: snapshots.entries_to_keep,
         snapshot_max_chunk_size: 4 * 1024 * 1024,
         install_snapshot_timeout: 10_000,
+        enable_elect: false,
         ..Config::default()
     };
     let config = config.validate().map_err(|error| GroupConfigError {

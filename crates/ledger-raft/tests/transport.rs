@@ -207,6 +207,19 @@ impl RpcHandler for FakeHandler {
         }
         .boxed()
     }
+
+    /// Grants pre-votes for even shards, so an answer that travels the wrong way shows.
+    fn pre_vote(
+        &self,
+        shard: ShardId,
+        candidate: NodeId,
+    ) -> BoxFuture<'_, Result<bool, HandlerError>> {
+        async move {
+            self.admit(shard).await?;
+            Ok(shard.is_multiple_of(2) && candidate == CLIENT_NODE)
+        }
+        .boxed()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,4 +794,42 @@ async fn shutdown_stops_the_server_and_its_connections() {
 
     server.shut_down().await.expect("serve ends cleanly");
     expect_unreachable(network.vote(vote_request(1, 2), patient()).await);
+}
+
+#[tokio::test]
+async fn a_pre_vote_carries_the_peers_answer_and_any_failure_counts_as_refused() {
+    const HELD_SHARD: ShardId = 6;
+    let server = TestServer::start(&[HELD_SHARD]).await;
+    let transport = RaftTransport::new(CLIENT_NODE);
+    let node = LedgerNode {
+        raft_addr: server.address.clone(),
+        http_addr: String::new(),
+    };
+    let ttl = Duration::from_secs(5);
+    assert!(transport.pre_vote(4, SERVER_NODE, &node, ttl).await);
+    assert!(!transport.pre_vote(5, SERVER_NODE, &node, ttl).await);
+    assert!(
+        !transport
+            .pre_vote(UNKNOWN_SHARD, SERVER_NODE, &node, ttl)
+            .await
+    );
+    assert!(
+        !transport
+            .pre_vote(STOPPED_SHARD, SERVER_NODE, &node, ttl)
+            .await
+    );
+    // An answer that does not come in time is a refusal (the handler holds this shard).
+    assert!(
+        !transport
+            .pre_vote(HELD_SHARD, SERVER_NODE, &node, Duration::from_millis(50))
+            .await
+    );
+    let seen = server.requests_seen();
+    transport.faults().block_peer(SERVER_NODE);
+    assert!(!transport.pre_vote(4, SERVER_NODE, &node, ttl).await);
+    assert_eq!(
+        server.requests_seen(),
+        seen,
+        "nothing is sent to a blocked peer"
+    );
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 mod support;
 
+use ledger_raft::config::GroupTiming;
+use ledger_raft::election_gate::{spawn_election_gate, GateSettings, GateStats};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::{
     BatchOutcome, Entry, LedgerBatch, LedgerLogId, LedgerMembership, LedgerNode, LedgerRaft,
@@ -34,6 +36,14 @@ use tokio::sync::oneshot;
 
 /// A bound on waits that end far sooner unless the code under test is broken.
 const GENEROUS: Duration = Duration::from_secs(60);
+
+/// Election timing of the gated groups: a follower campaigns (when its gate lets it) 1.0–1.2 s
+/// after it last heard from its leader (leader lease = 600 ms + timeout in [400, 600] ms).
+const GATED_TIMING: GroupTiming = GroupTiming {
+    heartbeat_interval_ms: 50,
+    election_timeout_min_ms: 400,
+    election_timeout_max_ms: 600,
+};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal in-memory log store and state machine.
@@ -316,6 +326,49 @@ impl TestNode {
             purge_batch_size: 1,
             ..Config::default()
         };
+        self.add_group_with(shard, config).await;
+    }
+
+    /// A group whose elections are left to this node's election gate, as in production, with
+    /// short timeouts so that the gate's decisions come quickly.
+    async fn add_gated_group(&mut self, shard: ShardId) {
+        let config = Config {
+            cluster_name: format!("gated-shard-{shard}"),
+            heartbeat_interval: GATED_TIMING.heartbeat_interval_ms,
+            election_timeout_min: GATED_TIMING.election_timeout_min_ms,
+            election_timeout_max: GATED_TIMING.election_timeout_max_ms,
+            enable_elect: false,
+            ..Config::default()
+        };
+        self.add_group_with(shard, config).await;
+    }
+
+    /// Starts this node's election gate over all its groups.
+    fn start_gate(&self) -> Arc<GateStats> {
+        let (_task, stats) = spawn_election_gate(
+            Arc::clone(&self.registry),
+            Arc::clone(&self.transport),
+            GateSettings::from_timing(&GATED_TIMING),
+            std::future::pending(),
+        );
+        stats
+    }
+
+    /// Cuts every link between this node and `others`, both ways.
+    fn isolate_from(&self, others: &[&TestNode]) {
+        for other in others {
+            self.transport.faults().block_peer(other.id);
+            other.transport.faults().block_peer(self.id);
+        }
+    }
+
+    fn heal(nodes: &[TestNode]) {
+        for node in nodes {
+            node.transport.faults().unblock_all();
+        }
+    }
+
+    async fn add_group_with(&mut self, shard: ShardId, config: Config) {
         let config = Arc::new(config.validate().expect("valid config"));
         let machine = MemoryMachine::default();
         let raft = LedgerRaft::new(
@@ -524,4 +577,140 @@ async fn a_learner_catches_up_from_a_chunked_snapshot() {
         .learner_ids()
         .collect();
     assert_eq!(learners, BTreeSet::from([learner.id]));
+}
+
+/// Polls `condition` until it holds; panics after [`GENEROUS`].
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + GENEROUS;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn term_of(raft: &LedgerRaft) -> u64 {
+    raft.metrics().borrow().current_term
+}
+
+/// Three gated nodes with one group initialized on node 1; returns them, their gates' stats and
+/// the position of the leader.
+async fn gated_cluster(shard: ShardId) -> (Vec<TestNode>, Vec<Arc<GateStats>>, usize) {
+    let mut nodes = start_nodes(&[1, 2, 3]).await;
+    for node in &mut nodes {
+        node.add_gated_group(shard).await;
+    }
+    let gates = nodes.iter().map(TestNode::start_gate).collect();
+    let all_members = members(&nodes.iter().collect::<Vec<_>>());
+    nodes[0]
+        .raft(shard)
+        .initialize(all_members)
+        .await
+        .expect("initialize");
+    let leader_id = leader_of(nodes[0].raft(shard)).await;
+    let leader = nodes
+        .iter()
+        .position(|node| node.id == leader_id)
+        .expect("the leader is one of the nodes");
+    (nodes, gates, leader)
+}
+
+/// Regression test for the availability gap the chaos harness found (jepsen-tests/RESULTS.md,
+/// "Failover after a pause"): openraft 0.9 has no PreVote, so a follower cut off for longer than
+/// its election timeout raised its term, and when it came back the leader saw that term in its
+/// replies and stepped down: ~2 s without a leader for nothing. With the election gate, the cut
+/// off follower cannot win a pre-vote, never raises its term, and the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_past_its_election_timeout_does_not_depose_the_leader_on_return() {
+    const SHARD: ShardId = 3;
+    let (nodes, gates, leader) = gated_cluster(SHARD).await;
+    let leader_raft = nodes[leader].raft(SHARD).clone();
+    write_batches(&leader_raft, 100, 3).await;
+    let term = term_of(&leader_raft);
+    let follower = (leader + 1) % nodes.len();
+    let others: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(position, node)| (position != follower).then_some(node))
+        .collect();
+
+    nodes[follower].isolate_from(&others);
+    // 30 lost rounds, one per 50 ms tick from 400 ms of silence on: 1.9 s of silence, well past
+    // the 1.2 s after which openraft campaigns once its gate is open.
+    let lost_before = gates[follower].rounds_lost();
+    eventually("the cut-off follower loses 30 pre-vote rounds", || {
+        gates[follower].rounds_lost() >= lost_before + 30
+    })
+    .await;
+    assert_eq!(
+        term_of(nodes[follower].raft(SHARD)),
+        term,
+        "a cut-off follower must not raise its term"
+    );
+    assert_eq!(gates[follower].rounds_won(), 0);
+
+    TestNode::heal(&nodes);
+    let last_index = write_batches(&leader_raft, 200, 1).await;
+    nodes[follower]
+        .raft(SHARD)
+        .wait(Some(GENEROUS))
+        .applied_index_at_least(Some(last_index), "caught up after healing")
+        .await
+        .expect("the follower catches up");
+    let metrics = leader_raft.metrics().borrow().clone();
+    assert_eq!(metrics.state, openraft::ServerState::Leader);
+    assert_eq!(metrics.current_term, term, "the leader kept its term");
+    assert_eq!(term_of(nodes[follower].raft(SHARD)), term);
+}
+
+/// The gate still lets a majority replace a leader it cannot hear, and the old leader, back,
+/// follows the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_replaces_a_cut_off_leader_through_the_gate() {
+    const SHARD: ShardId = 4;
+    let (nodes, _gates, leader) = gated_cluster(SHARD).await;
+    let old_leader = nodes[leader].raft(SHARD).clone();
+    write_batches(&old_leader, 100, 2).await;
+    let old_term = term_of(&old_leader);
+    let others: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(position, node)| (position != leader).then_some(node))
+        .collect();
+
+    nodes[leader].isolate_from(&others);
+    let survivor = others[0].raft(SHARD);
+    let metrics = survivor
+        .wait(Some(GENEROUS))
+        .metrics(
+            |metrics| {
+                metrics.current_term > old_term
+                    && metrics.current_leader.is_some()
+                    && metrics.current_leader != Some(nodes[leader].id)
+            },
+            "a new leader among the majority",
+        )
+        .await
+        .expect("the majority elects a new leader");
+    let new_leader_id = metrics.current_leader.expect("checked by the wait");
+    let new_leader = nodes
+        .iter()
+        .find(|node| node.id == new_leader_id)
+        .expect("the new leader is one of the nodes")
+        .raft(SHARD)
+        .clone();
+    let last_index = write_batches(&new_leader, 300, 2).await;
+
+    TestNode::heal(&nodes);
+    let rejoined = old_leader
+        .wait(Some(GENEROUS))
+        .applied_index_at_least(Some(last_index), "the old leader catches up")
+        .await
+        .expect("the old leader follows the new one");
+    assert_eq!(rejoined.current_leader, Some(new_leader_id));
+    assert_ne!(rejoined.state, openraft::ServerState::Leader);
+    let applied = nodes[leader].machine(SHARD).image().applied_batches;
+    assert_eq!(applied, vec![100, 101, 300, 301]);
 }

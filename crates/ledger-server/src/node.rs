@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime};
 use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
+use ledger_raft::election_gate::{spawn_election_gate, GateSettings};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
@@ -213,6 +214,15 @@ impl RunningNode {
                 }
             }));
         }
+
+        // Elections are off in every group until this node's gate lets them (PreVote).
+        let (gate, _gate_stats) = spawn_election_gate(
+            Arc::clone(&registry),
+            Arc::clone(&transport),
+            GateSettings::from_timing(&tuning.timing),
+            wait_for_shutdown(shutdown_receiver.clone()),
+        );
+        tasks.push(gate);
 
         // First start of the cluster: the first replica of each shard initializes its group with
         // all replicas as voters. On a restart the groups are already initialized on disk.

@@ -4,12 +4,14 @@
 //! - at most one answer says it was not a replay (two "fresh" answers = decided twice);
 //! - the lookup after healing shows that same decision;
 //! - a key whose every attempt failed definitely was never decided;
-//! - per account, the consumed credits equal the sum of the decided debits' amounts (a key
-//!   applied twice consumes twice but is recorded once).
+//! - per account, the consumed credits equal the sum of the decided debits' amounts and of the
+//!   committed reservations' charges (a key applied twice consumes twice but is recorded once),
+//!   and the reserved credits equal the holds of the reservations still active;
+//! - every decided reservation call agrees with the reservation's state after healing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{CheckResult, FinalState, Lookup};
+use super::{CheckResult, FinalState, Lookup, ReservationLookup};
 use crate::history::{Answer, ClientKey, Operation, Outcome, Request};
 
 pub const NAME: &str = "exactly-once";
@@ -113,11 +115,8 @@ pub fn check(operations: &[Operation], final_state: &FinalState) -> CheckResult 
             }
         }
     }
-    anomalies.extend(consumed_matches_decided_debits(
-        operations,
-        final_state,
-        &mut unknowns,
-    ));
+    anomalies.extend(consumed_matches_decided_debits(final_state, &mut unknowns));
+    anomalies.extend(reservations_match_their_answers(operations, final_state));
     let summary = format!(
         "{} keys ({} with a decided answer), {} anomalies",
         by_key.len(),
@@ -127,26 +126,16 @@ pub fn check(operations: &[Operation], final_state: &FinalState) -> CheckResult 
     CheckResult::from_findings(NAME, summary, anomalies, unknowns)
 }
 
-/// Per account: consumed == Σ amounts of the debit keys the lookups show accepted. Accounts
-/// with reservation calls are skipped (commits consume without a debit key).
+/// Per account: consumed == Σ amounts of the debit keys the lookups show accepted + Σ credits
+/// the reservations the lookups show committed consumed, and reserved == Σ amounts of the
+/// reservations the lookups show active. An account with a failed lookup is unknown.
 fn consumed_matches_decided_debits(
-    operations: &[Operation],
     final_state: &FinalState,
     unknowns: &mut Vec<String>,
 ) -> Vec<String> {
-    let mut accounts_with_reservations = std::collections::BTreeSet::new();
-    for operation in operations {
-        if matches!(
-            operation.request,
-            Request::Reserve { .. }
-                | Request::CommitReservation { .. }
-                | Request::ReleaseReservation { .. }
-        ) {
-            accounts_with_reservations.insert(operation.account.as_str());
-        }
-    }
     let mut decided_sum: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut lookup_failed: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut held_sum: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut lookup_failed: BTreeSet<&str> = BTreeSet::new();
     for ((account, _), lookup) in &final_state.debit_lookups {
         match lookup {
             Lookup::Decided {
@@ -160,25 +149,136 @@ fn consumed_matches_decided_debits(
             _ => {}
         }
     }
+    for ((account, _), lookup) in &final_state.reservation_lookups {
+        match lookup {
+            ReservationLookup::Found {
+                status,
+                amount,
+                committed,
+            } => {
+                *decided_sum.entry(account.as_str()).or_default() += committed.unwrap_or(0);
+                if status == "active" {
+                    *held_sum.entry(account.as_str()).or_default() += amount;
+                }
+            }
+            ReservationLookup::Failed(_) => {
+                lookup_failed.insert(account.as_str());
+            }
+            ReservationLookup::NotFound => {}
+        }
+    }
     let mut anomalies = Vec::new();
     for (account, snapshot) in &final_state.accounts {
-        if accounts_with_reservations.contains(account.as_str()) {
-            continue;
-        }
         let Ok(snapshot) = snapshot else {
             unknowns.push(format!("{account}: final state unreadable"));
             continue;
         };
         if lookup_failed.contains(account.as_str()) {
+            unknowns.push(format!(
+                "{account}: a lookup after healing failed; its sums are not checked"
+            ));
             continue;
         }
         let decided = decided_sum.get(account.as_str()).copied().unwrap_or(0);
         if snapshot.consumed != decided {
             anomalies.push(format!(
-                "{account}: consumed {} credits, but the debits decided as accepted sum to {decided} \
-                 (a key applied more than once, or a debit applied without its record)",
+                "{account}: consumed {} credits, but the debits and reservation commits decided \
+                 as accepted sum to {decided} (a key applied more than once, or a charge applied \
+                 without its record)",
                 snapshot.consumed
             ));
+        }
+        let held = held_sum.get(account.as_str()).copied().unwrap_or(0);
+        if snapshot.reserved != held {
+            anomalies.push(format!(
+                "{account}: {} credits reserved, but the reservations still active hold {held}",
+                snapshot.reserved
+            ));
+        }
+    }
+    anomalies
+}
+
+/// Every reservation call the client saw decided agrees with the reservation's final state: a
+/// rejected reserve left a `rejected` record, an accepted one did not; an accepted commit left
+/// it `committed` with the amount asked; an accepted release left it `released`; a reservation
+/// whose every call failed definitely was never decided.
+fn reservations_match_their_answers(
+    operations: &[Operation],
+    final_state: &FinalState,
+) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    let mut calls: BTreeMap<(&str, &str), Vec<&Operation>> = BTreeMap::new();
+    for operation in operations {
+        let reservation_id = match &operation.request {
+            Request::Reserve { reservation_id, .. }
+            | Request::CommitReservation { reservation_id, .. }
+            | Request::ReleaseReservation { reservation_id } => reservation_id.as_str(),
+            _ => continue,
+        };
+        calls
+            .entry((operation.account.as_str(), reservation_id))
+            .or_default()
+            .push(operation);
+    }
+    for ((account, reservation_id), operations) in calls {
+        let Some(lookup) = final_state
+            .reservation_lookups
+            .get(&(account.to_string(), reservation_id.to_string()))
+        else {
+            continue;
+        };
+        let (status, committed) = match lookup {
+            ReservationLookup::Found {
+                status, committed, ..
+            } => (status.as_str(), *committed),
+            ReservationLookup::NotFound => {
+                if let Some(decided) = operations.iter().find(|operation| {
+                    matches!(
+                        operation.outcome,
+                        Outcome::Ok(Answer::Reservation { accepted: true, .. })
+                    )
+                }) {
+                    anomalies.push(format!(
+                        "{account} reservation {reservation_id}: unknown after healing, yet the \
+                         client was told: {}",
+                        decided.describe()
+                    ));
+                }
+                continue;
+            }
+            ReservationLookup::Failed(_) => continue,
+        };
+        if operations
+            .iter()
+            .all(|operation| matches!(operation.outcome, Outcome::Fail(_)))
+        {
+            anomalies.push(format!(
+                "{account} reservation {reservation_id}: every call failed definitely, yet it \
+                 is {status}"
+            ));
+        }
+        for operation in operations {
+            let Outcome::Ok(Answer::Reservation { accepted, .. }) = &operation.outcome else {
+                continue;
+            };
+            let agrees = match (&operation.request, accepted) {
+                (Request::Reserve { .. }, true) => status != "rejected",
+                (Request::Reserve { .. }, false) => status == "rejected",
+                (Request::CommitReservation { amount, .. }, true) => {
+                    status == "committed" && committed == Some(*amount)
+                }
+                (Request::ReleaseReservation { .. }, true) => status == "released",
+                // A refused commit or release leaves whatever state the reservation had.
+                _ => true,
+            };
+            if !agrees {
+                anomalies.push(format!(
+                    "{account} reservation {reservation_id}: after healing it is {status} \
+                     (committed {committed:?}), but the client was told: {}",
+                    operation.describe()
+                ));
+            }
         }
     }
     anomalies
@@ -357,5 +457,127 @@ mod tests {
             &final_state(10, &[("k1", Lookup::Failed("timeout".into()))]),
         );
         assert_eq!(result.verdict, Verdict::Unknown);
+    }
+
+    fn reservation_answer(accepted: bool) -> Outcome {
+        Outcome::Ok(Answer::Reservation {
+            accepted,
+            code: (!accepted).then(|| "insufficient_credits".to_owned()),
+            replayed: Some(false),
+        })
+    }
+
+    fn reserve(id: &str, amount: u64) -> Request {
+        Request::Reserve {
+            reservation_id: id.to_owned(),
+            amount,
+            ttl_ms: 5_000,
+        }
+    }
+
+    fn commit(id: &str, amount: u64) -> Request {
+        Request::CommitReservation {
+            reservation_id: id.to_owned(),
+            amount,
+        }
+    }
+
+    fn found(status: &str, amount: u64, committed: Option<u64>) -> ReservationLookup {
+        ReservationLookup::Found {
+            status: status.to_owned(),
+            amount,
+            committed,
+        }
+    }
+
+    /// Account "a": one debit k1 of 10 decided, reservations r1 (committed 4 of 10) and r2
+    /// (active, 7 held), as the lookups after healing show them.
+    fn with_reservations(consumed: u64, reserved: u64, r1: ReservationLookup) -> FinalState {
+        let mut state = final_state(consumed, &[("k1", decided(10, 90))]);
+        if let Some(Ok(snapshot)) = state.accounts.get_mut("a") {
+            snapshot.reserved = reserved;
+            snapshot.available = 100 - consumed as i64 - reserved as i64;
+        }
+        state
+            .reservation_lookups
+            .insert(("a".to_owned(), "r1".to_owned()), r1);
+        state
+            .reservation_lookups
+            .insert(("a".to_owned(), "r2".to_owned()), found("active", 7, None));
+        state
+    }
+
+    fn reservation_history() -> Vec<Operation> {
+        HistoryBuilder::new()
+            .op(
+                1,
+                "a",
+                debit("k1", 10),
+                0,
+                Some(10),
+                accepted(10, 90, false),
+            )
+            .op(
+                1,
+                "a",
+                reserve("r1", 10),
+                20,
+                Some(30),
+                reservation_answer(true),
+            )
+            .op(
+                1,
+                "a",
+                commit("r1", 4),
+                40,
+                Some(50),
+                reservation_answer(true),
+            )
+            .op(2, "a", reserve("r2", 7), 20, None, info())
+            .build()
+    }
+
+    #[test]
+    fn commits_count_as_consumed_and_active_holds_as_reserved() {
+        let state = with_reservations(14, 7, found("committed", 10, Some(4)));
+        let result = check(&reservation_history(), &state);
+        assert_eq!(result.verdict, Verdict::Valid, "{result:?}");
+    }
+
+    #[test]
+    fn a_commit_applied_twice_or_a_lost_hold_is_caught() {
+        // The commit consumed twice: consumed 18 where the records account for 14.
+        let state = with_reservations(18, 7, found("committed", 10, Some(4)));
+        let result = check(&reservation_history(), &state);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(
+            result.details.join("\n").contains("consumed 18"),
+            "{result:?}"
+        );
+        // A hold of an active reservation vanished from the account.
+        let state = with_reservations(14, 0, found("committed", 10, Some(4)));
+        let result = check(&reservation_history(), &state);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(
+            result.details.join("\n").contains("0 credits reserved"),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_commit_acknowledged_but_not_in_the_final_state_is_caught() {
+        let state = with_reservations(10, 7, found("expired", 10, None));
+        let result = check(&reservation_history(), &state);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let text = result.details.join("\n");
+        assert!(text.contains("after healing it is expired"), "{text}");
+    }
+
+    #[test]
+    fn an_acknowledged_reservation_unknown_after_healing_is_caught() {
+        let state = with_reservations(10, 7, ReservationLookup::NotFound);
+        let result = check(&reservation_history(), &state);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(result.details.join("\n").contains("unknown after healing"));
     }
 }

@@ -93,6 +93,23 @@ pub enum Lookup {
     Failed(String),
 }
 
+/// A reservation as `GET /v1/accounts/{id}/reservations/{rid}` showed it after healing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReservationLookup {
+    Found {
+        /// `active`, `committed`, `released`, `expired` or `rejected`.
+        status: String,
+        /// Credits held.
+        amount: u64,
+        /// Credits the commit consumed.
+        committed: Option<u64>,
+    },
+    /// 404: no reserve with this id was ever decided.
+    NotFound,
+    /// The lookup itself failed.
+    Failed(String),
+}
+
 /// What the harness read after healing, with linearizable reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FinalState {
@@ -100,6 +117,8 @@ pub struct FinalState {
     pub accounts: BTreeMap<String, Result<AccountSnapshot, String>>,
     /// (account, debit key) → lookup, for every debit key of the history.
     pub debit_lookups: BTreeMap<(String, String), Lookup>,
+    /// (account, reservation id) → lookup, for every reservation id of the history.
+    pub reservation_lookups: BTreeMap<(String, String), ReservationLookup>,
     /// The overdraft limit each account was created with.
     pub overdraft_limits: BTreeMap<String, u64>,
 }

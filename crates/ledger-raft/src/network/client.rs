@@ -113,6 +113,54 @@ impl RaftTransport {
         &self.faults
     }
 
+    /// Asks `target` whether it would vote for this node in `shard` now (see
+    /// [`election_gate`](crate::election_gate)). Any failure to get an answer within `ttl` counts
+    /// as a refusal: a peer that cannot be reached cannot vote either.
+    pub async fn pre_vote(
+        self: &Arc<Self>,
+        shard: ShardId,
+        target: NodeId,
+        target_node: &LedgerNode,
+        ttl: Duration,
+    ) -> bool {
+        let network = ShardNetwork {
+            link: self.link(&target_node.raft_addr),
+            transport: Arc::clone(self),
+            shard,
+            target,
+            target_node: target_node.clone(),
+        };
+        let candidate = self.local_node_id;
+        let answer = match network.encode_request(RequestBody::PreVote { candidate }) {
+            Ok((request_id, frame)) => network.call(request_id, frame, ttl).await,
+            Err(error) => Err(CallFailure::Transport(error)),
+        };
+        match answer {
+            Ok(ResponseBody::PreVote(Ok(granted))) => granted,
+            Ok(ResponseBody::PreVote(Err(error))) => {
+                tracing::debug!(shard, target, %error, "pre-vote refused by the peer's handler");
+                false
+            }
+            Ok(other) => {
+                tracing::warn!(
+                    shard,
+                    target,
+                    received = other.kind(),
+                    "unexpected answer to a pre-vote"
+                );
+                false
+            }
+            Err(CallFailure::Timeout) => {
+                tracing::debug!(shard, target, "pre-vote timed out");
+                false
+            }
+            Err(CallFailure::Transport(error)) => {
+                tracing::debug!(shard, target, %error, "pre-vote failed");
+                false
+            }
+        }
+    }
+
     /// The openraft network factory of one shard's group on this node. All shards' factories
     /// send over the same per-peer connections.
     pub fn network_factory(self: &Arc<Self>, shard: ShardId) -> ShardNetworkFactory {
@@ -199,7 +247,7 @@ impl ShardNetwork {
         &self,
         request_id: u64,
         frame: Vec<u8>,
-        option: &RPCOption,
+        ttl: Duration,
     ) -> Result<ResponseBody, CallFailure> {
         let faults = &self.transport.faults;
         if faults.is_blocked(self.target) {
@@ -208,7 +256,7 @@ impl ShardNetwork {
             }));
         }
         let exchange = self.link.exchange(request_id, frame);
-        let response = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+        let response = match tokio::time::timeout(ttl, exchange).await {
             Err(_elapsed) => return Err(CallFailure::Timeout),
             Ok(response) => response.map_err(CallFailure::Transport)?,
         };
@@ -329,7 +377,7 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
             }
             Err(error) => return Err(self.transport_error(&error)),
         };
-        match self.call(request_id, frame, &option).await {
+        match self.call(request_id, frame, option.hard_ttl()).await {
             Ok(ResponseBody::AppendEntries(result)) => self.handler_result(result),
             Ok(other) => Err(self.unexpected_response(action, other)),
             Err(failure) => Err(self.rpc_error(action, failure, &option)),
@@ -345,7 +393,7 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         let (request_id, frame) = self
             .encode_request(RequestBody::Vote(rpc))
             .map_err(|error| self.transport_error(&error))?;
-        match self.call(request_id, frame, &option).await {
+        match self.call(request_id, frame, option.hard_ttl()).await {
             Ok(ResponseBody::Vote(result)) => self.handler_result(result),
             Ok(other) => Err(self.unexpected_response(action, other)),
             Err(failure) => Err(self.rpc_error(action, failure, &option)),
@@ -361,7 +409,7 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         let (request_id, frame) = self
             .encode_request(RequestBody::InstallSnapshot(rpc))
             .map_err(|error| self.transport_error(&error))?;
-        match self.call(request_id, frame, &option).await {
+        match self.call(request_id, frame, option.hard_ttl()).await {
             Ok(ResponseBody::InstallSnapshot(result)) => self.handler_result(result),
             Ok(other) => Err(self.unexpected_response(action, other)),
             Err(failure) => Err(self.rpc_error(action, failure, &option)),

@@ -24,7 +24,7 @@ use crate::types::{NodeId, ShardId, TypeConfig};
 /// bincode is not self-describing, so two builds that disagree on a message layout would
 /// misread each other silently; the preamble makes a mismatch a clean refusal instead. Bump the
 /// last byte on every incompatible change of the messages below (including openraft's types).
-pub const PROTOCOL_PREAMBLE: [u8; 8] = *b"LDGRAFT\x02";
+pub const PROTOCOL_PREAMBLE: [u8; 8] = *b"LDGRAFT\x03";
 
 /// Bytes of the connection handshake: the preamble, then the dialing node's id (u64, big
 /// endian). Naming the dialer lets the receiver log who connected, and lets a fault-injecting
@@ -65,6 +65,11 @@ pub(crate) enum RequestBody {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// "Would you vote for `candidate` now?", asked before a real election (see
+    /// [`election_gate`](crate::election_gate)). Changes nothing on the receiver.
+    PreVote {
+        candidate: NodeId,
+    },
 }
 
 /// The answer to the request with the same `request_id`.
@@ -79,6 +84,9 @@ pub(crate) enum ResponseBody {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, HandlerError>),
     Vote(Result<VoteResponse<NodeId>, HandlerError>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, HandlerError<InstallSnapshotError>>),
+    /// Whether the receiver would grant its vote: it has not heard from a leader of the shard
+    /// for a while and is not its leader itself.
+    PreVote(Result<bool, HandlerError>),
     /// The server handled the request but its answer could not be framed (it did not encode or
     /// was too large). Sent instead, so the caller fails now rather than at its timeout.
     ServerFailure {
@@ -93,6 +101,7 @@ impl ResponseBody {
             ResponseBody::AppendEntries(_) => "AppendEntries",
             ResponseBody::Vote(_) => "Vote",
             ResponseBody::InstallSnapshot(_) => "InstallSnapshot",
+            ResponseBody::PreVote(_) => "PreVote",
             ResponseBody::ServerFailure { .. } => "ServerFailure",
         }
     }
@@ -306,6 +315,11 @@ mod tests {
                 shard: ShardId::MAX,
                 body: RequestBody::InstallSnapshot(install_snapshot),
             },
+            RequestFrame {
+                request_id: 4,
+                shard: 2,
+                body: RequestBody::PreVote { candidate: 3 },
+            },
         ]
     }
 
@@ -358,6 +372,14 @@ mod tests {
             ResponseFrame {
                 request_id: 7,
                 body: ResponseBody::AppendEntries(Err(HandlerError::UnknownShard { shard: 12 })),
+            },
+            ResponseFrame {
+                request_id: 11,
+                body: ResponseBody::PreVote(Ok(true)),
+            },
+            ResponseFrame {
+                request_id: 12,
+                body: ResponseBody::PreVote(Err(HandlerError::UnknownShard { shard: 3 })),
             },
             ResponseFrame {
                 request_id: 8,

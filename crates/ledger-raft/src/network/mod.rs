@@ -12,8 +12,9 @@
 //! ([`PROTOCOL_PREAMBLE`]: protocol name and version) and its own node id (u64, big endian); then
 //! both sides exchange frames: a `u32` big-endian payload length, then the
 //! payload, encoded with `bincode::serde` and `bincode::config::standard()`. A request frame
-//! carries a request id (chosen by the client), the shard id and one of append-entries, vote or
-//! install-snapshot (openraft's default chunked snapshot transfer); a response frame carries the
+//! carries a request id (chosen by the client), the shard id and one of append-entries, vote,
+//! install-snapshot (openraft's default chunked snapshot transfer) or pre-vote (ours, for the
+//! [`election_gate`](crate::election_gate)); a response frame carries the
 //! request id back, so answers come back in whatever order the shards produce them. Frames are
 //! limited to [`MAX_FRAME_BYTES`].
 //!
@@ -43,4 +44,4 @@ pub use client::{RaftTransport, ShardNetwork, ShardNetworkFactory, TransportConf
 pub use error::{HandlerError, TransportError};
 pub use faults::LinkFaults;
 pub use frame::{handshake, HANDSHAKE_BYTES, MAX_FRAME_BYTES, PROTOCOL_PREAMBLE};
-pub use server::{serve, RpcHandler, ShardRegistry};
+pub use server::{serve, LeaderContact, RpcHandler, ShardRegistry};

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::ServerState;
 use parking_lot::RwLock;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -71,12 +73,60 @@ pub trait RpcHandler: Send + Sync + 'static {
         shard: ShardId,
         request: InstallSnapshotRequest<TypeConfig>,
     ) -> BoxFuture<'_, Result<InstallSnapshotResponse<NodeId>, HandlerError<InstallSnapshotError>>>;
+
+    /// Whether this node would vote for `candidate` in `shard` now (see
+    /// [`election_gate`](crate::election_gate)). Must not change any state.
+    fn pre_vote(
+        &self,
+        shard: ShardId,
+        candidate: NodeId,
+    ) -> BoxFuture<'_, Result<bool, HandlerError>>;
 }
 
 /// The Raft groups this node hosts, by shard: the [`RpcHandler`] of a node.
 #[derive(Default)]
 pub struct ShardRegistry {
-    groups: RwLock<BTreeMap<ShardId, LedgerRaft>>,
+    groups: RwLock<BTreeMap<ShardId, RegisteredGroup>>,
+}
+
+#[derive(Clone)]
+struct RegisteredGroup {
+    raft: LedgerRaft,
+    contact: Arc<LeaderContact>,
+}
+
+/// What this node knows about hearing from a shard's leader; written by the transport (every
+/// accepted append-entries) and by the [`ElectionGate`](crate::election_gate::ElectionGate).
+#[derive(Debug)]
+pub struct LeaderContact {
+    /// Append-entries requests handed to the group that it did not refuse as stale.
+    appends_accepted: AtomicU64,
+    /// Whether this node would grant a pre-vote: it has not heard from a leader for a while and
+    /// does not lead the shard itself. A freshly registered group (a node that just started)
+    /// knows no leader, so it starts out granting.
+    grants_pre_vote: AtomicBool,
+}
+
+impl LeaderContact {
+    fn new() -> Self {
+        LeaderContact {
+            appends_accepted: AtomicU64::new(0),
+            grants_pre_vote: AtomicBool::new(true),
+        }
+    }
+
+    /// A counter that moves whenever a leader was heard from.
+    pub fn appends_accepted(&self) -> u64 {
+        self.appends_accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn set_grants_pre_vote(&self, grants: bool) {
+        self.grants_pre_vote.store(grants, Ordering::Relaxed);
+    }
+
+    pub fn grants_pre_vote(&self) -> bool {
+        self.grants_pre_vote.load(Ordering::Relaxed)
+    }
 }
 
 impl ShardRegistry {
@@ -86,21 +136,44 @@ impl ShardRegistry {
 
     /// Routes `shard`'s RPCs to `raft` from now on; returns the group it replaces, if any.
     pub fn register(&self, shard: ShardId, raft: LedgerRaft) -> Option<LedgerRaft> {
-        self.groups.write().insert(shard, raft)
+        let group = RegisteredGroup {
+            raft,
+            contact: Arc::new(LeaderContact::new()),
+        };
+        self.groups
+            .write()
+            .insert(shard, group)
+            .map(|replaced| replaced.raft)
     }
 
     /// Stops routing `shard`'s RPCs; peers then see this node as unreachable for that shard.
     pub fn unregister(&self, shard: ShardId) -> Option<LedgerRaft> {
-        self.groups.write().remove(&shard)
+        self.groups.write().remove(&shard).map(|group| group.raft)
     }
 
     pub fn get(&self, shard: ShardId) -> Option<LedgerRaft> {
-        self.groups.read().get(&shard).cloned()
+        self.groups
+            .read()
+            .get(&shard)
+            .map(|group| group.raft.clone())
     }
 
     /// The registered shards, in order.
     pub fn shards(&self) -> Vec<ShardId> {
         self.groups.read().keys().copied().collect()
+    }
+
+    /// Every registered group with its leader contact, in shard order.
+    pub fn contacts(&self) -> Vec<(ShardId, LedgerRaft, Arc<LeaderContact>)> {
+        self.groups
+            .read()
+            .iter()
+            .map(|(&shard, group)| (shard, group.raft.clone(), Arc::clone(&group.contact)))
+            .collect()
+    }
+
+    fn group(&self, shard: ShardId) -> Option<RegisteredGroup> {
+        self.groups.read().get(&shard).cloned()
     }
 }
 
@@ -111,10 +184,19 @@ impl RpcHandler for ShardRegistry {
         request: AppendEntriesRequest<TypeConfig>,
     ) -> BoxFuture<'_, Result<AppendEntriesResponse<NodeId>, HandlerError>> {
         async move {
-            let raft = self
-                .get(shard)
+            let group = self
+                .group(shard)
                 .ok_or(HandlerError::UnknownShard { shard })?;
-            Ok(raft.append_entries(request).await?)
+            let response = group.raft.append_entries(request).await?;
+            // Only a leader whose term is current counts as heard from; a deposed one is told
+            // about the higher vote and changes nothing.
+            if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+                group
+                    .contact
+                    .appends_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(response)
         }
         .boxed()
     }
@@ -144,6 +226,23 @@ impl RpcHandler for ShardRegistry {
                 .get(shard)
                 .ok_or(HandlerError::UnknownShard { shard })?;
             Ok(raft.install_snapshot(request).await?)
+        }
+        .boxed()
+    }
+
+    fn pre_vote(
+        &self,
+        shard: ShardId,
+        candidate: NodeId,
+    ) -> BoxFuture<'_, Result<bool, HandlerError>> {
+        async move {
+            let group = self
+                .group(shard)
+                .ok_or(HandlerError::UnknownShard { shard })?;
+            let leads = group.raft.metrics().borrow().state == ServerState::Leader;
+            let granted = !leads && group.contact.grants_pre_vote();
+            tracing::debug!(shard, candidate, granted, "pre-vote asked");
+            Ok(granted)
         }
         .boxed()
     }
@@ -278,6 +377,9 @@ async fn answer(
         RequestBody::Vote(request) => ResponseBody::Vote(handler.vote(shard, request).await),
         RequestBody::InstallSnapshot(request) => {
             ResponseBody::InstallSnapshot(handler.install_snapshot(shard, request).await)
+        }
+        RequestBody::PreVote { candidate } => {
+            ResponseBody::PreVote(handler.pre_vote(shard, candidate).await)
         }
     };
     let frame = match encode_frame(&ResponseFrame { request_id, body }, MAX_FRAME_BYTES) {
