@@ -16,7 +16,8 @@
 #   SYSTEMS      systems to run [ledger-1 ledger-3 postgres redis-always redis-everysec]
 #   WORKLOADS    workloads [c64-batch1-uniform c64-batch100-uniform c64-batch1-hot c64-batch100-hot]
 #                each `c<clients>-batch<n>-<uniform|zipfian|hot>` (closed loop) or
-#                `r<ops per s>-batch<n>-<distribution>` (open loop)
+#                `r<ops per s>-batch<n>-<distribution>` (open loop), or `c<clients>-batchauto-<...>`:
+#                one debit per call, which the ledger's client batches by itself (--auto-batch)
 #   DURATION [15]  WARMUP [3]  ACCOUNTS [100000]  SHARDS [16]
 #   RESULTS_DIR  where summaries, plots, logs and table.md go [benches/peers/results/<time>]
 #   CARGO_TARGET_DIR [$HOME/.cache/credit-ledger/target]; LEDGERD [$CARGO_TARGET_DIR/release/ledgerd]
@@ -259,7 +260,13 @@ start_system() {
 # Workloads.
 workload_args() {
     local workload="$1"
-    if [[ "$workload" =~ ^c([0-9]+)-batch([0-9]+)-(uniform|zipfian|hot)$ ]]; then
+    if [[ "$workload" =~ ^c([0-9]+)-batchauto-(uniform|zipfian|hot)$ ]]; then
+        # One debit per call, sent by the client's automatic batcher (ledger only; the peers
+        # run it as one debit per request).
+        local auto=""
+        [[ "$CURRENT_SYSTEM" == ledger-* ]] && auto="--auto-batch"
+        echo "--concurrency ${BASH_REMATCH[1]} --batch 1 --distribution ${BASH_REMATCH[2]} $auto"
+    elif [[ "$workload" =~ ^c([0-9]+)-batch([0-9]+)-(uniform|zipfian|hot)$ ]]; then
         echo "--concurrency ${BASH_REMATCH[1]} --batch ${BASH_REMATCH[2]} --distribution ${BASH_REMATCH[3]}"
     elif [[ "$workload" =~ ^r([0-9]+)-batch([0-9]+)-(uniform|zipfian|hot)$ ]]; then
         echo "--rate ${BASH_REMATCH[1]} --batch ${BASH_REMATCH[2]} --distribution ${BASH_REMATCH[3]}"
@@ -271,6 +278,7 @@ workload_args() {
 run_system() {
     local system="$1" workload setup_flag="" first=1
     say "$system: starting"
+    CURRENT_SYSTEM="$system"
     start_system "$system"
     for workload in $WORKLOADS; do
         # The accounts are created once per system; later workloads reuse them.

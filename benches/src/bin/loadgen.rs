@@ -20,6 +20,7 @@ use benches::schedule::OpenLoopSchedule;
 use benches::workload::Mix;
 use benches::Summary;
 use clap::Parser;
+use ledger_client::BatchingOptions;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load generator for the Credit Ledger and its peers (PostgreSQL, Redis)")]
@@ -72,6 +73,17 @@ struct Arguments {
     /// Debits per debit operation: 1 = one debit per request, more = one batch request.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Ledger, with --batch 1: each operation is still one debit call, but the client's
+    /// automatic batcher sends the calls of the moment together as batch requests (what an
+    /// application using the Rust client's `DebitBatcher` gets).
+    #[arg(long)]
+    auto_batch: bool,
+    /// Ledger, with --auto-batch: debits per batch request at most.
+    #[arg(long, default_value_t = 1000)]
+    auto_batch_max: usize,
+    /// Ledger, with --auto-batch: batch requests in flight per node at once.
+    #[arg(long, default_value_t = 4)]
+    auto_batch_in_flight: usize,
     /// Credits per debit.
     #[arg(long, default_value_t = 1)]
     amount: u64,
@@ -146,7 +158,12 @@ impl Arguments {
             None => format!("c{}", self.concurrency),
             Some(rate) => format!("r{rate}"),
         };
-        let mut name = format!("{load}-batch{}-{}", self.batch, self.distribution);
+        let batch = if self.auto_batch && self.batch == 1 {
+            "auto".to_owned()
+        } else {
+            self.batch.to_string()
+        };
+        let mut name = format!("{load}-batch{batch}-{}", self.distribution);
         if self.mix != "debit=100" {
             name.push('-');
             name.push_str(&self.mix.replace(['=', ','], "_"));
@@ -169,6 +186,10 @@ async fn main() -> Result<()> {
                     request_timeout_ms: arguments.request_timeout_ms,
                     attempts: arguments.attempts,
                     ready_timeout_ms: arguments.ready_timeout_ms,
+                    auto_batch: arguments.auto_batch.then_some(BatchingOptions {
+                        max_batch: arguments.auto_batch_max,
+                        max_in_flight: arguments.auto_batch_in_flight,
+                    }),
                 },
             )
             .await?;

@@ -16,7 +16,9 @@ use ledger_api::{
     BatchDebitItem, BatchDebitResult, ClusterResponse, CreateGrantRequest, DebitRequest,
     STATUS_ACCEPTED,
 };
-use ledger_client::{ClientError, ClientOptions, LedgerClient, UNRECOGNIZED_ERROR_BODY};
+use ledger_client::{
+    BatchingOptions, ClientError, ClientOptions, DebitBatcher, LedgerClient, UNRECOGNIZED_ERROR_BODY,
+};
 use serde::Serialize;
 
 use super::{
@@ -69,6 +71,9 @@ pub struct LedgerDriverOptions {
     pub attempts: u32,
     /// How long to wait for every shard to have a leader before giving up.
     pub ready_timeout_ms: u64,
+    /// Send single debits through the client's [`DebitBatcher`] (one per node): concurrent
+    /// calls travel together as batch requests.
+    pub auto_batch: Option<BatchingOptions>,
 }
 
 /// One node of the cluster and the clients bound to it alone.
@@ -76,6 +81,8 @@ struct NodeClients {
     url: String,
     measured: LedgerClient,
     setup: LedgerClient,
+    /// The measured client's batcher, with `auto_batch`.
+    batcher: Option<DebitBatcher>,
 }
 
 /// The ledger driver. Create it with [`LedgerDriver::connect`].
@@ -83,6 +90,8 @@ pub struct LedgerDriver {
     nodes: Vec<NodeClients>,
     /// All the given nodes, round-robin (for [`Route::Any`]).
     any: LedgerClient,
+    /// `any`'s batcher, with `auto_batch`.
+    any_batcher: Option<DebitBatcher>,
     route: Route,
     shard_count: u32,
     /// Index into `nodes` of each shard's leader; `usize::MAX` while unknown.
@@ -157,10 +166,14 @@ impl LedgerDriver {
                 .map_err(|error| connect_error(url.clone(), error.to_string()))?;
             let setup = LedgerClient::with_options(vec![url.clone()], setup_options.clone())
                 .map_err(|error| connect_error(url.clone(), error.to_string()))?;
+            let batcher = options
+                .auto_batch
+                .map(|batching| DebitBatcher::new(measured.clone(), batching));
             nodes.push(NodeClients {
                 url,
                 measured,
                 setup,
+                batcher,
             });
         }
         let shard_count = clusters
@@ -168,9 +181,13 @@ impl LedgerDriver {
             .flat_map(|cluster| cluster.shards.iter().map(|shard| shard.shard_id + 1))
             .max()
             .unwrap_or(1);
+        let any_batcher = options
+            .auto_batch
+            .map(|batching| DebitBatcher::new(any.clone(), batching));
         let driver = Arc::new(LedgerDriver {
             nodes,
             any,
+            any_batcher,
             route: options.route,
             shard_count,
             leaders: (0..shard_count)
@@ -229,6 +246,13 @@ impl LedgerDriver {
         match self.route {
             Route::Leader => &self.nodes[self.node_for(account_id)].measured,
             Route::Any => &self.any,
+        }
+    }
+
+    fn measured_batcher(&self, account_id: &str) -> Option<&DebitBatcher> {
+        match self.route {
+            Route::Leader => self.nodes[self.node_for(account_id)].batcher.as_ref(),
+            Route::Any => self.any_batcher.as_ref(),
         }
     }
 
@@ -414,7 +438,11 @@ impl Driver for LedgerDriver {
             feature: None,
             quantity: None,
         };
-        let outcome = match client.debit_request(&item.account_id, &request).await {
+        let answer = match self.measured_batcher(&item.account_id) {
+            Some(batcher) => batcher.debit(&item.account_id, request).await,
+            None => client.debit_request(&item.account_id, &request).await,
+        };
+        let outcome = match answer {
             Ok(response) if response.status == STATUS_ACCEPTED => ItemOutcome::Accepted,
             Ok(response) => ItemOutcome::rejected(response.code.as_deref().unwrap_or("rejected")),
             Err(error) => ItemOutcome::failed(error_kind(&error)),

@@ -15,12 +15,17 @@
 //!   through the node URLs and honouring `Retry-After` up to the backoff cap. Other 4xx are never
 //!   retried: they are definite answers.
 //!
+//! [`DebitBatcher`] sends concurrent single debits as batch requests, with the same per-debit
+//! semantics.
+//!
 //! **Boundary:** HTTP and JSON only, through `ledger-api`'s types. It must never depend on the
 //! ledger's internals (core, raft, storage, actors, server): it sees the ledger as any outside
 //! client does.
 
+mod batcher;
 mod error;
 
+pub use batcher::{BatchingOptions, DebitBatcher};
 pub use error::{ClientError, UNRECOGNIZED_ERROR_BODY};
 
 use std::collections::hash_map::RandomState;
@@ -250,16 +255,7 @@ impl LedgerClient {
         }
         match serde_json::from_slice::<ErrorResponse>(&answer.body) {
             Ok(ErrorResponse { error }) if is_recorded_rejection(answer.status, &error) => {
-                Ok(DebitResponse {
-                    status: STATUS_REJECTED.to_owned(),
-                    account_id: account_id.to_owned(),
-                    idempotency_key: request.idempotency_key.clone(),
-                    amount: None,
-                    available: None,
-                    code: Some(error.code),
-                    rate_card_version: None,
-                    replayed: error.replayed.unwrap_or(false),
-                })
+                Ok(recorded_rejection(account_id, request, error))
             }
             _ => Err(api_error(&answer)),
         }
@@ -599,7 +595,7 @@ impl LedgerClient {
     }
 
     /// Exponential backoff with jitter, at least the server's `Retry-After`, never above the cap.
-    fn backoff(&self, attempt: u32, retry_after_seconds: Option<u64>) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32, retry_after_seconds: Option<u64>) -> Duration {
         let options = &self.inner.options;
         let cap_ms = options.retry_backoff_max_ms.max(options.retry_backoff_ms);
         let exponent = attempt.saturating_sub(1).min(20);
@@ -696,8 +692,27 @@ fn retryable_answer(answer: &Answer) -> Option<AttemptFailure> {
 /// decided rejections with `replayed`; `idempotency_conflict` carries the mark too but is not
 /// the key's decision (that belongs to the other request that used the key first), so it stays
 /// an error, like every unmarked answer but 402.
-fn is_recorded_rejection(status: u16, error: &ErrorBody) -> bool {
+pub(crate) fn is_recorded_rejection(status: u16, error: &ErrorBody) -> bool {
     status == 402 || (error.replayed.is_some() && error.code != codes::IDEMPOTENCY_CONFLICT)
+}
+
+/// The rejected outcome that an error answer of a debit stands for (see
+/// [`is_recorded_rejection`]).
+pub(crate) fn recorded_rejection(
+    account_id: &str,
+    request: &DebitRequest,
+    error: ErrorBody,
+) -> DebitResponse {
+    DebitResponse {
+        status: STATUS_REJECTED.to_owned(),
+        account_id: account_id.to_owned(),
+        idempotency_key: request.idempotency_key.clone(),
+        amount: None,
+        available: None,
+        code: Some(error.code),
+        rate_card_version: None,
+        replayed: error.replayed.unwrap_or(false),
+    }
 }
 
 fn error_code_and_message(answer: &Answer) -> (String, String) {
