@@ -17,7 +17,8 @@ use ledger_api::{
     STATUS_ACCEPTED,
 };
 use ledger_client::{
-    BatchingOptions, ClientError, ClientOptions, DebitBatcher, LedgerClient, UNRECOGNIZED_ERROR_BODY,
+    BatchingOptions, ClientError, ClientOptions, DebitBatcher, LedgerClient,
+    UNRECOGNIZED_ERROR_BODY,
 };
 use serde::Serialize;
 
