@@ -9,7 +9,10 @@
 #
 # Everything builds in the release profile into one target dir outside the clone (RocksDB is
 # compiled from source once per profile, about 11 minutes on 2 cores), so tests and binaries
-# share one compilation and later runs reuse it.
+# share one compilation and later runs reuse it. Caution: cargo does not tell two checkouts of
+# this workspace apart in one target dir (a path package's unit hash leaves out its path), so
+# while two checkouts both exist, a build in one may reuse the other's stale artifacts. Give a
+# second checkout its own CARGO_TARGET_DIR, or delete it before building here again.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -96,7 +96,7 @@ struct RegisteredGroup {
 }
 
 /// What this node knows about hearing from a shard's leader; written by the transport (every
-/// accepted append-entries) and by the [`ElectionGate`](crate::election_gate::ElectionGate).
+/// accepted append-entries) and by the node's [election gate](crate::election_gate).
 #[derive(Debug)]
 pub struct LeaderContact {
     /// Append-entries requests handed to the group that it did not refuse as stale.
