@@ -10,9 +10,11 @@
 # Everything builds in the release profile into one target dir outside the clone (RocksDB is
 # compiled from source once per profile, about 11 minutes on 2 cores), so tests and binaries
 # share one compilation and later runs reuse it. Caution: cargo does not tell two checkouts of
-# this workspace apart in one target dir (a path package's unit hash leaves out its path), so
-# while two checkouts both exist, a build in one may reuse the other's stale artifacts. Give a
-# second checkout its own CARGO_TARGET_DIR, or delete it before building here again.
+# this workspace apart in one target dir (a path package's unit hash leaves out its path, and
+# its dep-info paths are relative), and judges freshness by mtimes: a build in checkout B
+# reuses what checkout A built if B's files are older than A's build. A fresh clone is always
+# newer, so CI is safe; after building another checkout, `git ls-files -z | xargs -0 touch` here
+# (or give the other checkout its own CARGO_TARGET_DIR).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
