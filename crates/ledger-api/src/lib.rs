@@ -241,6 +241,30 @@ pub struct ErrorBody {
     pub replayed: Option<bool>,
 }
 
+/// `POST /admin/backups`: a consistent copy of this node's database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// The backup's name: a directory `<data_dir>/backups/<name>` on the node.
+    pub name: String,
+}
+
+/// Answer of `POST /admin/backups`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupResponse {
+    pub node_id: u64,
+    pub name: String,
+    /// Where the node wrote it (on the node's machine).
+    pub path: String,
+    /// Per shard hosted by the node, the last applied log index at the time of the backup.
+    pub shards: Vec<BackupShard>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupShard {
+    pub shard_id: u32,
+    pub last_applied: Option<u64>,
+}
+
 /// `GET /admin/cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterResponse {
@@ -304,4 +328,6 @@ pub mod codes {
     pub const RESERVATION_NOT_FOUND: &str = "reservation_not_found";
     pub const PLAN_NOT_FOUND: &str = "plan_not_found";
     pub const CATALOG_NOT_IN_FORCE: &str = "catalog_not_in_force";
+    pub const BACKUP_EXISTS: &str = "backup_exists";
+    pub const STORAGE_ERROR: &str = "storage_error";
 }

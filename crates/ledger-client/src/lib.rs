@@ -35,9 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_api::{
-    codes, AccountResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse, CommitRequest,
-    CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody,
-    ErrorResponse, GrantResponse, ReservationResponse, ReserveRequest, STATUS_REJECTED,
+    codes, AccountResponse, BackupRequest, BackupResponse, BatchDebitItem, BatchDebitResponse,
+    ClusterResponse, CommitRequest, CreateAccountRequest, CreateGrantRequest, DebitRequest,
+    DebitResponse, ErrorBody, ErrorResponse, GrantResponse, ReservationResponse, ReserveRequest,
+    STATUS_REJECTED,
 };
 use reqwest::{header, Method, Url};
 use serde::de::DeserializeOwned;
@@ -426,6 +427,21 @@ impl LedgerClient {
             .await?;
         match answer.status {
             200 => decode(&answer),
+            _ => Err(api_error(&answer)),
+        }
+    }
+
+    /// `POST /admin/backups` on one node: a checkpoint of its database under its data directory.
+    pub async fn backup(&self, node_url: &str, name: &str) -> Result<BackupResponse, ClientError> {
+        let body = serde_json::to_vec(&BackupRequest {
+            name: name.to_owned(),
+        })
+        .map_err(|error| ClientError::Transport(format!("encoding the request: {error}")))?;
+        let answer = self
+            .call_node(node_url, Method::POST, "/admin/backups", Some(body))
+            .await?;
+        match answer.status {
+            201 => decode(&answer),
             _ => Err(api_error(&answer)),
         }
     }

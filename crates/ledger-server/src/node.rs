@@ -99,6 +99,8 @@ pub struct NodeContext {
     pub forwarder: reqwest::Client,
     pub transport: Arc<RaftTransport>,
     pub metrics: crate::metrics::Metrics,
+    /// The node's database, for backups; taken out (and so closed) by shutdown.
+    pub storage: parking_lot::Mutex<Option<NodeStorage>>,
 }
 
 impl NodeContext {
@@ -132,7 +134,6 @@ pub struct RunningNode {
     shutdown_sender: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     actor_runtime: Option<ActorRuntime>,
-    storage: Option<NodeStorage>,
 }
 
 impl RunningNode {
@@ -286,6 +287,7 @@ impl RunningNode {
             forwarder,
             transport,
             metrics: crate::metrics::Metrics::install(),
+            storage: parking_lot::Mutex::new(Some(storage)),
         });
 
         let listener = TcpListener::bind(&config.http_addr)
@@ -320,7 +322,6 @@ impl RunningNode {
             shutdown_sender,
             tasks,
             actor_runtime: Some(actor_runtime),
-            storage: Some(storage),
         })
     }
 
@@ -340,7 +341,7 @@ impl RunningNode {
             // Joining actix threads blocks; keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         }
-        self.storage.take();
+        self.context.storage.lock().take();
         tracing::info!(node_id = self.context.node_id(), "ledger node stopped");
     }
 }

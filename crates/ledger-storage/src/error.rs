@@ -21,6 +21,14 @@ pub enum StorageError {
         source: rocksdb::Error,
     },
 
+    /// A checkpoint (backup) of the database could not be written.
+    #[error("cannot write a RocksDB checkpoint to {path}: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+
     /// A RocksDB read or write failed.
     #[error(
         "RocksDB {operation} failed on column family {column_family} (shard {shard}): {source}"

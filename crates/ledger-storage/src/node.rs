@@ -157,6 +157,20 @@ impl NodeStorage {
         &self.node.path
     }
 
+    /// Writes a consistent copy of the whole database (every shard's log, vote and state) to
+    /// `directory`, which must not exist yet: a RocksDB checkpoint, made of hard links to the
+    /// immutable table files where the file system allows it, after flushing the memtables. A
+    /// node started on a copy of it (as its `<data_dir>/rocksdb`) recovers the state of this
+    /// moment. Blocking: call it off the async workers.
+    pub fn checkpoint(&self, directory: &Path) -> Result<(), StorageError> {
+        let failed = |source| StorageError::Checkpoint {
+            path: directory.to_path_buf(),
+            source,
+        };
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.node.db).map_err(failed)?;
+        checkpoint.create_checkpoint(directory).map_err(failed)
+    }
+
     /// Counters of the group commit (WAL syncs and the appends they completed).
     pub fn log_sync_stats(&self) -> LogSyncStats {
         self.node.syncer_shared.stats()

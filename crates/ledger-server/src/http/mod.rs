@@ -1,6 +1,7 @@
 //! The HTTP API (the public contract of DESIGN.md): routes, JSON at the edge, errors with stable
 //! codes, and forwarding of requests to the leader of their shard.
 
+mod admin;
 mod credits;
 mod error;
 mod handlers;
@@ -101,6 +102,7 @@ pub fn router(context: Arc<NodeContext>) -> Router {
         )
         .route("/v1/debits/batch", post(handlers::batch_debits))
         .route("/admin/cluster", get(handlers::cluster))
+        .route("/admin/backups", post(admin::create_backup))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)

@@ -539,7 +539,7 @@ pub fn webhook(body: &Bytes) -> Result<CatalogChange, ApiError> {
 }
 
 /// Refuses fields a body must not carry, so that a typo is not silently ignored.
-fn reject_unknown_fields(object: &Object, known: &[&str]) -> Result<(), ApiError> {
+pub fn reject_unknown_fields(object: &Object, known: &[&str]) -> Result<(), ApiError> {
     match object.keys().find(|key| !known.contains(&key.as_str())) {
         Some(key) => Err(ApiError::bad_request(
             codes::UNKNOWN_FIELD,
