@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime};
 use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
-use ledger_raft::election_gate::{spawn_election_gate, GateSettings};
+use ledger_raft::election_gate::{spawn_election_gate, GateSettings, GateStats};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
@@ -99,6 +99,8 @@ pub struct NodeContext {
     pub forwarder: reqwest::Client,
     pub transport: Arc<RaftTransport>,
     pub metrics: crate::metrics::Metrics,
+    /// What the node's election gate decided so far (for `/metrics`).
+    pub election_gate: Arc<GateStats>,
     /// The node's database, for backups; taken out (and so closed) by shutdown.
     pub storage: parking_lot::Mutex<Option<NodeStorage>>,
 }
@@ -217,7 +219,7 @@ impl RunningNode {
         }
 
         // Elections are off in every group until this node's gate lets them (PreVote).
-        let (gate, _gate_stats) = spawn_election_gate(
+        let (gate, election_gate) = spawn_election_gate(
             Arc::clone(&registry),
             Arc::clone(&transport),
             GateSettings::from_timing(&tuning.timing),
@@ -288,6 +290,7 @@ impl RunningNode {
             transport,
             metrics: crate::metrics::Metrics::install(),
             storage: parking_lot::Mutex::new(Some(storage)),
+            election_gate,
         });
 
         let listener = TcpListener::bind(&config.http_addr)

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use common::{accounts_covering_shards, node_leading_most_shards, TestCluster, POLL_INTERVAL};
+use common::{
+    accounts_covering_shards, node_leading_most_shards, prevote_rounds, TestCluster, POLL_INTERVAL,
+};
 use ledger_api::{codes, CreateGrantRequest, DebitResponse, STATUS_ACCEPTED, STATUS_REJECTED};
 use ledger_client::{ClientError, LedgerClient};
 use tokio::task::JoinHandle;
@@ -201,6 +203,16 @@ async fn three_node_leader_kill() -> anyhow::Result<()> {
     ensure!(
         new_leaders.values().all(|leader| *leader != victim),
         "a dead node is still reported as leader: {new_leaders:?}"
+    );
+    // Elections are gated (PreVote): each of the dead node's shards got its new leader through
+    // at least one pre-vote round won on a survivor.
+    let mut won = 0.0;
+    for id in cluster.running_node_ids() {
+        won += prevote_rounds(&client, &cluster.node(id).url(), id, "won").await?;
+    }
+    ensure!(
+        won >= led as f64,
+        "{won} pre-vote rounds won on the survivors for {led} shards to re-elect"
     );
     let at_kill = decided.load(Ordering::Relaxed);
     wait_for_decisions(

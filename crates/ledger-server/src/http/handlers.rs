@@ -715,6 +715,11 @@ pub async fn metrics(State(context): Context) -> Response {
         metrics::gauge!("ledger_shard_term", "node" => node.clone(), "shard" => shard)
             .set(metrics.current_term as f64);
     }
+    // Pre-vote rounds of the election gate: "lost" rounds are elections it held back.
+    metrics::counter!("ledger_election_prevote_rounds_total", "node" => node.clone(), "result" => "won")
+        .absolute(context.election_gate.rounds_won());
+    metrics::counter!("ledger_election_prevote_rounds_total", "node" => node.clone(), "result" => "lost")
+        .absolute(context.election_gate.rounds_lost());
     metrics::gauge!("ledger_account_actors", "node" => node)
         .set(context.actors.active_count() as f64);
     (

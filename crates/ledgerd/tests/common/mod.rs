@@ -675,3 +675,23 @@ pub fn node_leading_most_shards(leaders: &BTreeMap<ShardId, NodeId>) -> NodeId {
         .map(|(node, _)| node)
         .unwrap_or(1)
 }
+
+/// The value of `ledger_election_prevote_rounds_total{node, result}` in node `id`'s `/metrics`
+/// (`result` is `won` or `lost`).
+pub async fn prevote_rounds(
+    client: &LedgerClient,
+    node_url: &str,
+    id: NodeId,
+    result: &str,
+) -> anyhow::Result<f64> {
+    let metrics = client.metrics(node_url).await?;
+    let prefix =
+        format!("ledger_election_prevote_rounds_total{{node=\"{id}\",result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no {prefix} in /metrics of node {id}:\n{metrics}"))?
+        .trim()
+        .parse::<f64>()
+        .context("a number of rounds")
+}
