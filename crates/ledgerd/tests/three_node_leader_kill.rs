@@ -1,5 +1,7 @@
 //! Three real `ledgerd` processes under concurrent debits while the node that leads the most
-//! shards is SIGKILLed and later restarted on its data directory.
+//! shards is SIGKILLed and later restarted on its data directory; and a rolling restart (SIGTERM
+//! and start again, one node after the other) under the same load, which clients must ride out
+//! within their own retries: not one call may come back undecided.
 //!
 //! Checked afterwards, against what the clients were told (every worker retries a key with the
 //! same key until it gets a decision, as the contract asks of clients):
@@ -65,12 +67,14 @@ async fn decide(
     account_id: &str,
     idempotency_key: &str,
     amount: u64,
+    undecided_calls: &AtomicU64,
 ) -> anyhow::Result<DebitResponse> {
     let deadline = Instant::now() + KEY_DECISION_TIMEOUT;
     loop {
         match client.debit(account_id, idempotency_key, amount).await {
             Ok(outcome) => return Ok(outcome),
             Err(error @ ClientError::Unavailable { .. }) if Instant::now() < deadline => {
+                undecided_calls.fetch_add(1, Ordering::Relaxed);
                 eprintln!("{idempotency_key}: still undecided, retrying the same key: {error}");
             }
             Err(error) => {
@@ -86,6 +90,7 @@ async fn debit_worker(
     accounts: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
     decided: Arc<AtomicU64>,
+    undecided_calls: Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<Acknowledged>> {
     let mut acknowledged = Vec::new();
     let mut sequence = 0usize;
@@ -93,7 +98,14 @@ async fn debit_worker(
         let account_id = &accounts[(worker * 5 + sequence * 3) % accounts.len()];
         let idempotency_key = format!("w{worker}-d{sequence}");
         let amount = 1 + ((worker * 7 + sequence) % 9) as u64;
-        let outcome = decide(&client, account_id, &idempotency_key, amount).await?;
+        let outcome = decide(
+            &client,
+            account_id,
+            &idempotency_key,
+            amount,
+            &undecided_calls,
+        )
+        .await?;
         match outcome.status.as_str() {
             STATUS_ACCEPTED => ensure!(
                 outcome.amount == Some(amount),
@@ -150,49 +162,92 @@ async fn wait_for_decisions(
     }
 }
 
+/// Accounts with their grants, and the workers debiting them until told to stop.
+struct Load {
+    accounts: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    decided: Arc<AtomicU64>,
+    /// Client calls that came back undecided (`Unavailable` after all the client's retries).
+    undecided_calls: Arc<AtomicU64>,
+    workers: Vec<Worker>,
+}
+
+impl Load {
+    async fn start(client: &LedgerClient, prefix: &str) -> anyhow::Result<Load> {
+        let accounts = accounts_covering_shards(prefix, SHARDS, ACCOUNTS_PER_SHARD);
+        for (index, account_id) in accounts.iter().enumerate() {
+            client
+                .create_account(account_id, overdraft_limit_of(index))
+                .await?;
+            let grant = CreateGrantRequest {
+                grant_id: format!("{account_id}-grant"),
+                amount: GRANT_AMOUNT,
+                source: None,
+                priority: None,
+                effective_at: None,
+                expires_at: None,
+            };
+            client.grant(account_id, &grant).await?;
+        }
+        let accounts = Arc::new(accounts);
+        let stop = Arc::new(AtomicBool::new(false));
+        let decided = Arc::new(AtomicU64::new(0));
+        let undecided_calls = Arc::new(AtomicU64::new(0));
+        let workers = (0..WORKERS)
+            .map(|worker| {
+                tokio::spawn(debit_worker(
+                    worker,
+                    client.clone(),
+                    accounts.clone(),
+                    stop.clone(),
+                    decided.clone(),
+                    undecided_calls.clone(),
+                ))
+            })
+            .collect();
+        Ok(Load {
+            accounts,
+            stop,
+            decided,
+            undecided_calls,
+            workers,
+        })
+    }
+
+    /// Waits for `DECISIONS_PER_PHASE` more decisions.
+    async fn phase(&mut self, what: &str) -> anyhow::Result<()> {
+        let target = self.decided.load(Ordering::Relaxed) + DECISIONS_PER_PHASE;
+        wait_for_decisions(what, &self.decided, target, &mut self.workers).await
+    }
+
+    /// Stops the workers and checks the ledger against everything they were told.
+    async fn stop_and_check(self, client: &LedgerClient) -> anyhow::Result<()> {
+        let Load {
+            accounts,
+            stop,
+            workers,
+            ..
+        } = self;
+        stop.store(true, Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        for (index, worker) in workers.into_iter().enumerate() {
+            let decisions = worker
+                .await
+                .with_context(|| format!("worker {index} panicked"))?
+                .with_context(|| format!("worker {index}"))?;
+            acknowledged.extend(decisions);
+        }
+        check_acknowledged(client, &accounts, &acknowledged).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_leader_kill() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_ready("three_node_leader_kill", 3, SHARDS).await?;
     let client = cluster.client()?;
+    let mut load = Load::start(&client, "kill").await?;
 
-    let accounts = accounts_covering_shards("kill", SHARDS, ACCOUNTS_PER_SHARD);
-    for (index, account_id) in accounts.iter().enumerate() {
-        client
-            .create_account(account_id, overdraft_limit_of(index))
-            .await?;
-        let grant = CreateGrantRequest {
-            grant_id: format!("{account_id}-grant"),
-            amount: GRANT_AMOUNT,
-            source: None,
-            priority: None,
-            effective_at: None,
-            expires_at: None,
-        };
-        client.grant(account_id, &grant).await?;
-    }
-
-    let accounts = Arc::new(accounts);
-    let stop = Arc::new(AtomicBool::new(false));
-    let decided = Arc::new(AtomicU64::new(0));
-    let mut workers: Vec<Worker> = (0..WORKERS)
-        .map(|worker| {
-            tokio::spawn(debit_worker(
-                worker,
-                client.clone(),
-                accounts.clone(),
-                stop.clone(),
-                decided.clone(),
-            ))
-        })
-        .collect();
-
-    wait_for_decisions(
-        "load before the kill",
-        &decided,
-        DECISIONS_PER_PHASE,
-        &mut workers,
-    )
-    .await?;
+    load.phase("load before the kill").await?;
     let leaders = cluster.wait_for_leaders().await?;
     let victim = node_leading_most_shards(&leaders);
     let led = leaders.values().filter(|leader| **leader == victim).count();
@@ -214,37 +269,60 @@ async fn three_node_leader_kill() -> anyhow::Result<()> {
         won >= led as f64,
         "{won} pre-vote rounds won on the survivors for {led} shards to re-elect"
     );
-    let at_kill = decided.load(Ordering::Relaxed);
-    wait_for_decisions(
-        "load while a node is down",
-        &decided,
-        at_kill + DECISIONS_PER_PHASE,
-        &mut workers,
-    )
-    .await?;
+    load.phase("load while a node is down").await?;
 
     eprintln!("restarting node {victim}");
     cluster.spawn(victim)?;
     cluster.wait_for_health().await?;
     cluster.wait_for_leaders().await?;
-    let at_restart = decided.load(Ordering::Relaxed);
-    wait_for_decisions(
-        "load after the restart",
-        &decided,
-        at_restart + DECISIONS_PER_PHASE,
-        &mut workers,
-    )
-    .await?;
+    load.phase("load after the restart").await?;
 
-    stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for (index, worker) in workers.into_iter().enumerate() {
-        let decisions = worker
-            .await
-            .with_context(|| format!("worker {index} panicked"))?
-            .with_context(|| format!("worker {index}"))?;
-        acknowledged.extend(decisions);
+    load.stop_and_check(&client).await?;
+    cluster.wait_for_replicas_in_sync().await?;
+    cluster.pass();
+    Ok(())
+}
+
+/// Every node in turn: SIGTERM (a clean shutdown), start again on its data directory, wait
+/// until it serves and every shard has a leader, let load run. The clients (the usual retry
+/// policy: same key, backoff, up to 40 attempts) must get a decision for every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_leaves_no_call_undecided() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_ready("rolling_restart", 3, SHARDS).await?;
+    let client = cluster.client()?;
+    let mut load = Load::start(&client, "rolling").await?;
+    load.phase("load before the restarts").await?;
+    for id in cluster.node_ids() {
+        eprintln!("rolling restart: node {id}");
+        let status = cluster.terminate(id).await?;
+        ensure!(
+            status.success(),
+            "node {id} exited with {status} after SIGTERM"
+        );
+        cluster.spawn(id)?;
+        cluster.wait_for_health().await?;
+        cluster.wait_for_leaders().await?;
+        load.phase(&format!("load after restarting node {id}"))
+            .await?;
     }
+    let undecided = load.undecided_calls.load(Ordering::Relaxed);
+    load.stop_and_check(&client).await?;
+    ensure!(
+        undecided == 0,
+        "{undecided} client calls came back undecided during the rolling restart"
+    );
+    cluster.wait_for_replicas_in_sync().await?;
+    cluster.pass();
+    Ok(())
+}
+
+/// Against what the clients were told: exactly once and conservation per account, no
+/// overspend, every acknowledged key recorded as told, replays marked.
+async fn check_acknowledged(
+    client: &LedgerClient,
+    accounts: &[String],
+    acknowledged: &[Acknowledged],
+) -> anyhow::Result<()> {
     let accepted = acknowledged
         .iter()
         .filter(|debit| debit.outcome.status == STATUS_ACCEPTED)
@@ -255,10 +333,9 @@ async fn three_node_leader_kill() -> anyhow::Result<()> {
         acknowledged.len() - accepted
     );
     ensure!(accepted > 0, "no debit was accepted");
-
     // Exactly once and conservation, per account.
     let mut accepted_per_account: BTreeMap<&str, u64> = BTreeMap::new();
-    for debit in &acknowledged {
+    for debit in acknowledged {
         if debit.outcome.status == STATUS_ACCEPTED {
             *accepted_per_account.entry(&debit.account_id).or_default() += debit.amount;
         }
@@ -314,7 +391,5 @@ async fn three_node_leader_kill() -> anyhow::Result<()> {
         }
     }
 
-    cluster.wait_for_replicas_in_sync().await?;
-    cluster.pass();
     Ok(())
 }
