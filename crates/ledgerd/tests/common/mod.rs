@@ -491,12 +491,21 @@ fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     // Start at a place that differs between test processes, so that concurrently running test
     // binaries rarely probe the same ports.
     let offset = (std::process::id().wrapping_mul(7_919)) % span;
+    // Tests of one binary run concurrently and start from the same offset: a port handed out
+    // to one cluster is never handed out again in this process, even before its node binds it.
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut held = Vec::with_capacity(count);
     for step in 0..span {
         if held.len() == count {
             break;
         }
         let port = LOWEST + ((offset + step) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         // Holding the listeners until all are chosen keeps the ports distinct.
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             held.push(listener);
@@ -507,7 +516,9 @@ fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
     }
     let mut ports = Vec::with_capacity(count);
     for listener in &held {
-        ports.push(listener.local_addr()?.port());
+        let port = listener.local_addr()?.port();
+        handed_out.insert(port);
+        ports.push(port);
     }
     Ok(ports)
 }
