@@ -122,6 +122,7 @@ struct ElectionGate {
 /// A shard whose gate wants to open, with what its pre-vote round needs.
 struct Candidacy {
     shard: ShardId,
+    raft: LedgerRaft,
     /// The voter sets that each need a majority (two during a joint configuration).
     voter_sets: Vec<BTreeSet<NodeId>>,
     peers: Vec<(NodeId, LedgerNode)>,
@@ -151,25 +152,23 @@ impl ElectionGate {
         self.shards
             .retain(|shard, _| groups.iter().any(|(registered, _, _)| registered == shard));
         let mut candidacies = Vec::new();
-        let mut rafts = HashMap::new();
         for (shard, raft, contact) in groups {
-            if let Some(candidacy) = self.observe(shard, &raft, &contact, elapsed) {
+            if let Some(candidacy) = self.observe(shard, raft, &contact, elapsed) {
                 candidacies.push(candidacy);
             }
-            rafts.insert(shard, raft);
         }
         let rounds = candidacies
             .into_iter()
             .map(|candidacy| self.pre_vote(candidacy));
-        for (shard, won) in join_all(rounds).await {
+        for (shard, raft, won) in join_all(rounds).await {
             let counter = if won {
                 &self.stats.rounds_won
             } else {
                 &self.stats.rounds_lost
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            if let (Some(raft), Some(silence)) = (rafts.get(&shard), self.shards.get_mut(&shard)) {
-                set_gate(shard, raft, silence, won);
+            if let Some(silence) = self.shards.get_mut(&shard) {
+                set_gate(shard, &raft, silence, won);
             }
         }
     }
@@ -179,7 +178,7 @@ impl ElectionGate {
     fn observe(
         &mut self,
         shard: ShardId,
-        raft: &LedgerRaft,
+        raft: LedgerRaft,
         contact: &LeaderContact,
         elapsed: Duration,
     ) -> Option<Candidacy> {
@@ -205,7 +204,7 @@ impl ElectionGate {
         let membership = metrics.membership_config.membership();
         let is_voter = membership.voter_ids().any(|id| id == local);
         if leads || !is_voter || silence.silent_for < self.settings.campaign_after {
-            set_gate(shard, raft, silence, false);
+            set_gate(shard, &raft, silence, false);
             return None;
         }
         let voter_sets = membership.get_joint_config().clone();
@@ -216,6 +215,7 @@ impl ElectionGate {
             .collect();
         Some(Candidacy {
             shard,
+            raft,
             voter_sets,
             peers,
         })
@@ -223,12 +223,16 @@ impl ElectionGate {
 
     /// Asks every peer voter at once; true when this node and the peers that granted form a
     /// majority of every voter set.
-    fn pre_vote(&self, candidacy: Candidacy) -> impl Future<Output = (ShardId, bool)> + 'static {
+    fn pre_vote(
+        &self,
+        candidacy: Candidacy,
+    ) -> impl Future<Output = (ShardId, LedgerRaft, bool)> + 'static {
         let transport = Arc::clone(&self.transport);
         let ttl = self.settings.tick;
         async move {
             let Candidacy {
                 shard,
+                raft,
                 voter_sets,
                 peers,
             } = candidacy;
@@ -243,7 +247,7 @@ impl ElectionGate {
                 .collect();
             granted.insert(transport.local_node_id());
             let won = has_majority_of_each(&voter_sets, &granted);
-            (shard, won)
+            (shard, raft, won)
         }
     }
 }

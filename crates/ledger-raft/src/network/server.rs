@@ -152,10 +152,7 @@ impl ShardRegistry {
     }
 
     pub fn get(&self, shard: ShardId) -> Option<LedgerRaft> {
-        self.groups
-            .read()
-            .get(&shard)
-            .map(|group| group.raft.clone())
+        self.group(shard).map(|group| group.raft)
     }
 
     /// The registered shards, in order.
