@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
+use crate::cluster::ClusterMap;
 use crate::journal::{EntryKind, Event, JournalEntry};
 use crate::types::*;
 
@@ -84,6 +85,8 @@ pub struct ShardMeta {
     /// The latest time stamp applied: effective time never goes backwards, even if a new
     /// leader's clock is behind the old one's.
     pub last_timestamp_ms: u64,
+    /// The cluster map; kept by the metadata group only (version 0 elsewhere).
+    pub cluster: ClusterMap,
 }
 
 /// Everything a ledger is made of, as storage persists it (see `Ledger::restore`).
@@ -419,6 +422,20 @@ impl Ledger {
             }
             Command::UpdateCatalog(change) => self.update_catalog(change, now_ms, changes),
             Command::InstallCatalog(catalog) => self.install_catalog(catalog, now_ms, changes),
+            Command::UpdateCluster(change) => match self.meta.cluster.apply(change) {
+                Ok(changed) => {
+                    changes.meta |= changed;
+                    let updated = Accepted::ClusterUpdated {
+                        version: self.meta.cluster.version,
+                    };
+                    if changed {
+                        accepted(updated)
+                    } else {
+                        replayed(updated)
+                    }
+                }
+                Err(rejection) => rejected(rejection),
+            },
             Command::Tick => self.tick(now_ms, changes),
             Command::AcknowledgeEvents { through_seq } => {
                 let through_seq = (*through_seq).min(self.events.len() as u64);

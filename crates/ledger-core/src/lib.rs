@@ -25,12 +25,15 @@
 //! - `account.rs`: the credit mechanics of one account and its lazy settlement in time order.
 //! - `journal.rs`: journal entries, events, and the reports (usage, balance at, statement).
 //! - `period.rs`: ISO 8601 periods and calendar arithmetic.
+//! - `cluster.rs`: the cluster map (nodes, shard placement, the move under way) that the
+//!   metadata group sequences, and `next_step`, the pure planner of replica moves.
 //! - `shard.rs`: `shard_for_account`, the placement of an account, fixed forever.
 //! - `fault_injection.rs`: named bugs for the chaos harness's self-test (feature-gated).
 //! - `tests/table`: state-machine tables, one command per line with its expected outcome.
 //! - `tests/model.rs`: property tests against an independent reference model.
 
 mod account;
+pub mod cluster;
 pub mod fault_injection;
 mod journal;
 mod ledger;

@@ -277,6 +277,8 @@ pub enum Command {
     UpdateCatalog(CatalogChange),
     /// Install a catalog sequenced by the catalog shard, if it is newer than this shard's.
     InstallCatalog(Catalog),
+    /// Change the cluster map. Sent to the metadata group only, which sequences every change.
+    UpdateCluster(crate::cluster::ClusterChange),
     /// Settle the accounts with something due by the entry's stamp (expiries, reservation TTLs,
     /// period resets, alerts), at most `TICK_ACCOUNTS_MAX` of them. Proposed by the leader when
     /// its state says something is due; applying it twice is harmless.
@@ -305,6 +307,7 @@ impl Command {
             Command::Grant(grant) => Some(&grant.account_id),
             Command::UpdateCatalog(_)
             | Command::InstallCatalog(_)
+            | Command::UpdateCluster(_)
             | Command::Tick
             | Command::AcknowledgeEvents { .. } => None,
         }
@@ -422,11 +425,23 @@ pub enum Rejection {
     /// carried a catalog that is not newer (internal; never reaches a client).
     #[error("the catalog is sequenced by the catalog shard")]
     StaleCatalog = 25,
+    /// A controller's change of the cluster map was planned against an older version of it
+    /// (another controller changed it since); it replans from the current map.
+    #[error("the cluster map changed since this change was planned")]
+    ClusterVersionConflict = 26,
+    /// A change of the cluster map that cannot be served: fewer nodes than the replicas a
+    /// shard keeps, an address used twice or changed, a move that does not fit the map.
+    #[error("the cluster change is invalid")]
+    InvalidClusterChange = 27,
+    /// The declared node set names a node that was removed from the cluster: a removed node
+    /// never comes back under its id (start it on an empty data dir under a new id).
+    #[error("a removed node cannot rejoin")]
+    NodeRemoved = 28,
 }
 
 impl Rejection {
     /// Every rejection, in code order.
-    pub const ALL: [Rejection; 25] = [
+    pub const ALL: [Rejection; 28] = [
         Rejection::InvalidIdentifier,
         Rejection::InvalidAmount,
         Rejection::InvalidPriority,
@@ -452,6 +467,9 @@ impl Rejection {
         Rejection::OverdraftInUse,
         Rejection::InvalidSettings,
         Rejection::StaleCatalog,
+        Rejection::ClusterVersionConflict,
+        Rejection::InvalidClusterChange,
+        Rejection::NodeRemoved,
     ];
 
     /// The stable snake_case code used by the public API.
@@ -482,6 +500,9 @@ impl Rejection {
             Rejection::OverdraftInUse => "overdraft_in_use",
             Rejection::InvalidSettings => "invalid_settings",
             Rejection::StaleCatalog => "stale_catalog",
+            Rejection::ClusterVersionConflict => "cluster_version_conflict",
+            Rejection::InvalidClusterChange => "invalid_cluster_change",
+            Rejection::NodeRemoved => "node_removed",
         }
     }
 
@@ -543,6 +564,8 @@ pub enum Accepted {
     CatalogInstalled { catalog_version: u64 },
     /// A tick settled this many accounts.
     Ticked { accounts_settled: u64 },
+    /// The cluster map is at `version` (changed by this command, or a replay).
+    ClusterUpdated { version: u64 },
 }
 
 /// The decided outcome of one command. `replayed` is true when the client key had already been

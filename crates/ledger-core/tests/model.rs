@@ -932,8 +932,12 @@ impl Model {
                 setting(Ok(changed))
             }
             Command::UpdateCatalog(change) => self.update_catalog(change),
-            Command::InstallCatalog(_) | Command::AcknowledgeEvents { .. } => {
-                unreachable!("not generated: the model has no other shard and no events")
+            Command::InstallCatalog(_)
+            | Command::AcknowledgeEvents { .. }
+            | Command::UpdateCluster(_) => {
+                unreachable!(
+                    "not generated: the model has no other shard, no events and no cluster map"
+                )
             }
             // The model lets every instant pass as it comes: a tick has nothing left to do. How
             // many accounts the ledger settled is not compared.
@@ -2562,6 +2566,7 @@ fn generators_reach_every_outcome() {
                     Ok(Accepted::CatalogUpdated { .. }) => "catalog_updated",
                     Ok(Accepted::CatalogInstalled { .. }) => "catalog_installed",
                     Ok(Accepted::Ticked { .. }) => "ticked",
+                    Ok(Accepted::ClusterUpdated { .. }) => "cluster_updated",
                     Err(rejection) => {
                         seen_rejections.insert(*rejection);
                         rejection.code()
@@ -2585,11 +2590,20 @@ fn generators_reach_every_outcome() {
             }
         }
     }
-    // The state machine never answers `stale_catalog`; catalog installs and event
-    // acknowledgements are not generated (the model has one shard and no events).
+    // The state machine never answers `stale_catalog`; catalog installs, event
+    // acknowledgements and cluster map changes are not generated (the model has one shard, no
+    // events, no cluster map: `cluster::tests` covers those codes).
     let missing: Vec<&str> = Rejection::ALL
         .into_iter()
-        .filter(|rejection| *rejection != Rejection::StaleCatalog)
+        .filter(|rejection| {
+            !matches!(
+                rejection,
+                Rejection::StaleCatalog
+                    | Rejection::ClusterVersionConflict
+                    | Rejection::InvalidClusterChange
+                    | Rejection::NodeRemoved
+            )
+        })
         .filter(|rejection| !seen_rejections.contains(rejection))
         .map(Rejection::code)
         .collect();
