@@ -654,6 +654,7 @@ mod tests {
                     digest: String::new(),
                 })
                 .collect(),
+            map: None,
         };
         assert_eq!(leaderless_shards(&[cluster(&[Some(1), Some(2)])]), None);
         assert_eq!(

@@ -269,8 +269,59 @@ pub struct BackupShard {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterResponse {
     pub node_id: u64,
+    /// Every node of the cluster (from the cluster map; the config's list before the map is
+    /// known).
     pub nodes: Vec<NodeInfo>,
     pub shards: Vec<ShardInfo>,
+    /// The cluster map as this node knows it: version, declared nodes, the move under way.
+    /// Absent until the node learned the map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<ClusterMapInfo>,
+}
+
+/// The cluster map's state, in `GET /admin/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMapInfo {
+    pub version: u64,
+    /// The node set declared by the last `cluster apply`.
+    pub desired: Vec<u64>,
+    /// Nodes drained and removed for good.
+    pub removed: Vec<u64>,
+    /// The metadata group (it holds the map; its replicas move like a shard's).
+    pub metadata_group: ShardInfo,
+    /// The replica move under way, if any.
+    pub moving: Option<MoveInfo>,
+    /// Replica moves still needed to reach the declared node set, counting the one under way
+    /// (0 when the cluster is where the operator wants it).
+    pub moves_remaining: u64,
+}
+
+/// A replica move, in `GET /admin/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInfo {
+    pub shard_id: u32,
+    pub add: Option<u64>,
+    pub remove: Option<u64>,
+    /// Log entries the new replica holds, and the leader's last entry, when known (the
+    /// controller runs on the metadata group's leader and reports it there).
+    pub caught_up_to: Option<u64>,
+    pub leader_last_index: Option<u64>,
+}
+
+/// `POST /admin/cluster/apply`: the node set the operator wants. Nodes missing from it are
+/// drained, then removed; new ones receive replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyClusterRequest {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// The answer to `POST /admin/cluster/apply`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyClusterResponse {
+    /// The cluster map version with the declared node set.
+    pub version: u64,
+    /// False when the map already declared exactly this node set (a replay).
+    pub changed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,4 +381,7 @@ pub mod codes {
     pub const CATALOG_NOT_IN_FORCE: &str = "catalog_not_in_force";
     pub const BACKUP_EXISTS: &str = "backup_exists";
     pub const STORAGE_ERROR: &str = "storage_error";
+    pub const INVALID_CLUSTER_CHANGE: &str = "invalid_cluster_change";
+    pub const CLUSTER_VERSION_CONFLICT: &str = "cluster_version_conflict";
+    pub const NODE_REMOVED: &str = "node_removed";
 }

@@ -245,7 +245,10 @@ impl ClusterMap {
                 self.check_version(*version)?;
                 if !self.nodes.contains_key(node)
                     || self.desired.contains(node)
-                    || self.shards.values().any(|placement| placement.involves(*node))
+                    || self
+                        .shards
+                        .values()
+                        .any(|placement| placement.involves(*node))
                 {
                     return Err(Rejection::InvalidClusterChange);
                 }
@@ -429,7 +432,10 @@ pub fn next_step(map: &ClusterMap) -> Option<Step> {
         }
     }
     let desired_load = |node: &NodeId| load.get(node).copied().unwrap_or(0);
-    let most = map.desired.iter().max_by_key(|node| (desired_load(node), **node));
+    let most = map
+        .desired
+        .iter()
+        .max_by_key(|node| (desired_load(node), **node));
     let least = map
         .desired
         .iter()

@@ -93,10 +93,11 @@ where
 }
 
 /// The replicas this node leads now.
-fn led_replicas(context: &NodeContext) -> Vec<&ShardReplica> {
-    let mut led: Vec<&ShardReplica> = context
+fn led_replicas(context: &NodeContext) -> Vec<ShardReplica> {
+    let mut led: Vec<ShardReplica> = context
         .replicas
         .values()
+        .into_iter()
         .filter(|replica| replica.current_leader() == Some(context.node_id()))
         .collect();
     led.sort_by_key(|replica| replica.shard);
@@ -120,7 +121,7 @@ async fn tick_due_shards(context: &NodeContext) {
     for replica in led_replicas(context) {
         let due = replica.state.read().ledger.next_due_ms();
         if due.is_some_and(|due_ms| due_ms <= now) {
-            propose(replica, Command::Tick).await;
+            propose(&replica, Command::Tick).await;
         }
     }
 }
@@ -146,7 +147,7 @@ async fn reconcile_catalogs(context: &NodeContext) {
                 version = catalog.version,
                 "installing the catalog"
             );
-            propose(replica, Command::InstallCatalog(catalog.clone())).await;
+            propose(&replica, Command::InstallCatalog(catalog.clone())).await;
         }
     }
 }
@@ -202,7 +203,7 @@ async fn deliver_webhooks(context: Arc<NodeContext>, mut shutdown: watch::Receiv
             }
             let delivered = deliver(&client, &endpoint, replica.shard, &pending).await;
             if let Some(through_seq) = delivered {
-                propose(replica, Command::AcknowledgeEvents { through_seq }).await;
+                propose(&replica, Command::AcknowledgeEvents { through_seq }).await;
             }
             if delivered != pending.last().map(|event| event.sequence) {
                 backoff.delay = (backoff.delay * 2).clamp(WEBHOOK_BACKOFF_MIN, WEBHOOK_BACKOFF_MAX);

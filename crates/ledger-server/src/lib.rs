@@ -2,7 +2,9 @@
 //!
 //! Reads the node configuration ([`config`]), opens storage, starts one Raft group per hosted
 //! shard with its proposer, the node-to-node transport, the account actors, and serves the HTTP
-//! API ([`http`]) that forwards each request to the leader of its shard.
+//! API ([`http`]) that forwards each request to the leader of its shard. The [`cluster`] module
+//! forms or joins the cluster, follows the cluster map (opening and dropping replicas as it
+//! places them) and, on the metadata group's leader, runs the controller that moves replicas.
 //!
 //! **Boundary:** this is wiring and the HTTP edge. Business decisions belong to `ledger-core`,
 //! consensus to `ledger-raft`, persistence to `ledger-storage`, ordering and admission to
@@ -10,6 +12,7 @@
 //! `ledger-api` only.
 
 mod background;
+pub mod cluster;
 pub mod config;
 pub mod fault_injection;
 pub mod http;

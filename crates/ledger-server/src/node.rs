@@ -1,15 +1,15 @@
 //! A running ledger node: storage, shard groups, transport, actors and HTTP, wired together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime};
+use ledger_core::cluster::META_SHARD;
 use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
 use ledger_raft::election_gate::{spawn_election_gate, GateSettings, GateStats};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
-use ledger_raft::placement::{initializer_of_shard, replicas_of_shard};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
 use ledger_raft::reads::ReadBatcher;
 use ledger_raft::{LedgerLogId, LedgerNode, LedgerRaft, NodeId, ShardId, SharedShardState};
@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{ClusterState, NodeRecord};
 use crate::config::NodeConfig;
 use crate::http;
 
@@ -91,18 +92,81 @@ impl ShardReplica {
     }
 }
 
+/// The replicas this node hosts now. They come and go while the cluster map moves replicas, so
+/// a handler takes a (cheap) clone of the one it needs.
+#[derive(Default)]
+pub struct ReplicaSet {
+    replicas: parking_lot::RwLock<BTreeMap<ShardId, ShardReplica>>,
+}
+
+impl ReplicaSet {
+    /// The replica of `shard` (or of the metadata group), if this node hosts one.
+    pub fn get(&self, shard: &ShardId) -> Option<ShardReplica> {
+        self.replicas.read().get(shard).cloned()
+    }
+
+    pub fn contains(&self, shard: ShardId) -> bool {
+        self.replicas.read().contains_key(&shard)
+    }
+
+    /// The replicas of ledger shards (not the metadata group), in shard order.
+    pub fn values(&self) -> Vec<ShardReplica> {
+        self.replicas
+            .read()
+            .values()
+            .filter(|replica| replica.shard != META_SHARD)
+            .cloned()
+            .collect()
+    }
+
+    /// Every replica, the metadata group's included, in shard order.
+    pub fn all(&self) -> Vec<ShardReplica> {
+        self.replicas.read().values().cloned().collect()
+    }
+
+    /// The hosted shards, the metadata group included.
+    pub fn shards(&self) -> BTreeSet<ShardId> {
+        self.replicas.read().keys().copied().collect()
+    }
+
+    /// Number of ledger shard replicas hosted.
+    pub fn len(&self) -> usize {
+        self.values().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&self, replica: ShardReplica) {
+        self.replicas.write().insert(replica.shard, replica);
+    }
+
+    fn remove(&self, shard: ShardId) -> Option<ShardReplica> {
+        self.replicas.write().remove(&shard)
+    }
+}
+
 /// Everything a request handler needs; shared by all handlers.
 pub struct NodeContext {
     pub config: NodeConfig,
-    pub replicas: HashMap<ShardId, ShardReplica>,
+    pub replicas: ReplicaSet,
     pub actors: AccountActors,
     pub forwarder: reqwest::Client,
     pub transport: Arc<RaftTransport>,
+    pub registry: Arc<ShardRegistry>,
     pub metrics: crate::metrics::Metrics,
     /// What the node's election gate decided so far (for `/metrics`).
     pub election_gate: Arc<GateStats>,
-    /// The node's database, for backups; taken out (and so closed) by shutdown.
+    /// The node's database, for opening replicas and for backups; taken out (and so closed) by
+    /// shutdown.
     pub storage: parking_lot::Mutex<Option<NodeStorage>>,
+    /// The cluster map as this node knows it, and what the node decided about its membership.
+    pub cluster: ClusterState,
+    raft_config: Arc<openraft::Config>,
+    tuning: NodeTuning,
+    /// Serializes opening and closing replicas.
+    replica_changes: tokio::sync::Mutex<()>,
 }
 
 impl NodeContext {
@@ -114,18 +178,138 @@ impl NodeContext {
         self.config.cluster.shards
     }
 
-    /// The HTTP address of `node`, from the cluster config.
-    pub fn http_addr_of(&self, node: NodeId) -> Option<&str> {
-        self.config.node(node).map(|entry| entry.http_addr.as_str())
+    /// The HTTP address of `node`: from the cluster map, else from the config.
+    pub fn http_addr_of(&self, node: NodeId) -> Option<String> {
+        self.cluster
+            .address_of(node)
+            .map(|address| address.http_addr)
+            .or_else(|| self.config.node(node).map(|entry| entry.http_addr.clone()))
     }
 
-    /// The replicas of `shard` per the placement (used when this node holds no replica itself).
+    /// The nodes that hold a replica of `shard` per the cluster map (used when this node holds
+    /// no replica itself; any replica knows the leader).
     pub fn replica_nodes(&self, shard: ShardId) -> Vec<NodeId> {
-        replicas_of_shard(
-            shard,
-            &self.config.node_ids(),
-            self.config.cluster.replication,
+        self.cluster.replicas_of(shard)
+    }
+
+    /// Opens this node's replica of `shard` (or of the metadata group) and starts its Raft
+    /// group, unless it is open already. The group starts uninitialized when its storage is
+    /// empty: the leader brings it up to date (log or snapshot) once it is a learner.
+    pub async fn open_replica(&self, shard: ShardId) -> Result<ShardReplica, NodeError> {
+        let _serialized = self.replica_changes.lock().await;
+        if let Some(replica) = self.replicas.get(&shard) {
+            return Ok(replica);
+        }
+        let storage = self
+            .storage
+            .lock()
+            .clone()
+            .ok_or_else(|| NodeError::Storage("the node is stopping".to_owned()))?;
+        // Opening a shard reads its whole state from disk: keep it off the async workers.
+        let (log_store, state_machine, state) =
+            tokio::task::spawn_blocking(move || storage.open_shard(shard))
+                .await
+                .map_err(|error| NodeError::Storage(error.to_string()))?
+                .map_err(|error| NodeError::Storage(error.to_string()))?;
+        let raft = LedgerRaft::new(
+            self.node_id(),
+            Arc::clone(&self.raft_config),
+            self.transport.network_factory(shard),
+            log_store,
+            state_machine,
         )
+        .await
+        .map_err(|error| NodeError::Raft {
+            shard,
+            message: error.to_string(),
+        })?;
+        self.registry.register(shard, raft.clone());
+        let proposer = spawn_proposer(shard, raft.clone(), self.tuning.proposer);
+        let replica = ShardReplica {
+            digest: Arc::default(),
+            shard,
+            reads: ReadBatcher::new(shard, raft.clone()),
+            raft,
+            proposer,
+            state,
+        };
+        self.replicas.insert(replica.clone());
+        tracing::info!(shard, "replica opened");
+        Ok(replica)
+    }
+
+    /// Stops this node's replica of `shard` and deletes its data: the shard's group no longer
+    /// counts this node (the cluster map settled the move that took it away).
+    pub async fn drop_replica(&self, shard: ShardId) {
+        let _serialized = self.replica_changes.lock().await;
+        let Some(replica) = self.replicas.remove(shard) else {
+            return;
+        };
+        self.registry.unregister(shard);
+        if let Err(error) = replica.raft.shutdown().await {
+            tracing::warn!(shard, %error, "raft shutdown of a dropped replica");
+        }
+        drop(replica);
+        let Some(storage) = self.storage.lock().clone() else {
+            return;
+        };
+        // The stores are released when the last task holding them (a snapshot build, a read)
+        // ends; until then deleting is refused and tried again.
+        for _ in 0..100 {
+            let storage = storage.clone();
+            match tokio::task::spawn_blocking(move || storage.delete_shard(shard)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(shard, "replica dropped");
+                    return;
+                }
+                Ok(Err(ledger_storage::StorageError::ShardAlreadyOpen { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(shard, %error, "deleting a dropped replica failed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(shard, %error, "deleting a dropped replica failed");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(
+            shard,
+            "a dropped replica is still referenced; its data stays until the next start"
+        );
+    }
+
+    /// Initializes the group of `shard` with `members` as voters if it has no membership yet
+    /// (cluster formation).
+    pub(crate) async fn initialize_group(
+        &self,
+        replica: &ShardReplica,
+        members: BTreeMap<NodeId, LedgerNode>,
+    ) -> Result<(), NodeError> {
+        let shard = replica.shard;
+        let raft_error = |error: String| NodeError::Raft {
+            shard,
+            message: error,
+        };
+        if replica
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|error| raft_error(error.to_string()))?
+        {
+            return Ok(());
+        }
+        tracing::info!(shard, members = ?members.keys().collect::<Vec<_>>(), "initializing group");
+        if let Err(error) = replica.raft.initialize(members).await {
+            // Another start may have initialized it meanwhile; anything else is fatal.
+            if !replica.raft.is_initialized().await.unwrap_or(false) {
+                return Err(raft_error(error.to_string()));
+            }
+            tracing::warn!(shard, %error, "initialize raced with an existing config");
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +324,8 @@ pub struct RunningNode {
 
 impl RunningNode {
     /// Starts every part of the node and returns once it accepts HTTP requests. The shard groups
-    /// elect leaders in the background; requests meanwhile get 503 with `Retry-After`.
+    /// elect leaders in the background (and, on the first start of a cluster, form it once the
+    /// peers answer); requests meanwhile get 503 with `Retry-After`.
     pub async fn start(config: NodeConfig, tuning: NodeTuning) -> Result<RunningNode, NodeError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
@@ -149,8 +334,19 @@ impl RunningNode {
         })?;
         let storage = NodeStorage::open(config.data_dir.join("rocksdb"))
             .map_err(|error| NodeError::Storage(error.to_string()))?;
-        let node_ids = config.node_ids();
-        let replication = config.cluster.replication;
+        let record = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || NodeRecord::load(&storage))
+                .await
+                .map_err(|error| NodeError::Storage(error.to_string()))??
+        };
+        let stored_shards = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.stored_shards())
+                .await
+                .map_err(|error| NodeError::Storage(error.to_string()))?
+                .map_err(|error| NodeError::Storage(error.to_string()))?
+        };
         let transport = RaftTransport::new(config.node_id);
         let registry = Arc::new(ShardRegistry::new());
         let raft_config = group_config(config.cluster.shards, tuning.timing, tuning.snapshots)
@@ -158,51 +354,11 @@ impl RunningNode {
                 shard: 0,
                 message: error.to_string(),
             })?;
-
-        let mut replicas = HashMap::new();
-        for shard in 0..config.cluster.shards {
-            if !replicas_of_shard(shard, &node_ids, replication).contains(&config.node_id) {
-                continue;
-            }
-            // Opening a shard reads its whole state from disk: keep it off the async workers.
-            let shard_storage = storage.clone();
-            let (log_store, state_machine, state) =
-                tokio::task::spawn_blocking(move || shard_storage.open_shard(shard))
-                    .await
-                    .map_err(|error| NodeError::Storage(error.to_string()))?
-                    .map_err(|error| NodeError::Storage(error.to_string()))?;
-            let raft = LedgerRaft::new(
-                config.node_id,
-                raft_config.clone(),
-                transport.network_factory(shard),
-                log_store,
-                state_machine,
-            )
-            .await
-            .map_err(|error| NodeError::Raft {
-                shard,
-                message: error.to_string(),
-            })?;
-            registry.register(shard, raft.clone());
-            let proposer = spawn_proposer(shard, raft.clone(), tuning.proposer);
-            replicas.insert(
-                shard,
-                ShardReplica {
-                    digest: Arc::default(),
-                    shard,
-                    reads: ReadBatcher::new(shard, raft.clone()),
-                    raft,
-                    proposer,
-                    state,
-                },
-            );
-        }
-
         let (shutdown_sender, shutdown_receiver) = watch::channel(false);
         let mut tasks = Vec::new();
 
         // Node-to-node traffic. A single-node ledger has no peers and opens no Raft port.
-        if node_ids.len() > 1 {
+        if config.cluster.nodes.len() > 1 {
             let listener = TcpListener::bind(&config.raft_addr)
                 .await
                 .map_err(|source| NodeError::Listen {
@@ -227,54 +383,6 @@ impl RunningNode {
         );
         tasks.push(gate);
 
-        // First start of the cluster: the first replica of each shard initializes its group with
-        // all replicas as voters. On a restart the groups are already initialized on disk.
-        for replica in replicas.values() {
-            let shard = replica.shard;
-            if initializer_of_shard(shard, &node_ids, replication) != Some(config.node_id) {
-                continue;
-            }
-            let initialized =
-                replica
-                    .raft
-                    .is_initialized()
-                    .await
-                    .map_err(|error| NodeError::Raft {
-                        shard,
-                        message: error.to_string(),
-                    })?;
-            if initialized {
-                continue;
-            }
-            let members: BTreeMap<NodeId, LedgerNode> =
-                replicas_of_shard(shard, &node_ids, replication)
-                    .into_iter()
-                    .filter_map(|id| {
-                        config.node(id).map(|node| {
-                            (
-                                id,
-                                LedgerNode {
-                                    raft_addr: node.raft_addr.clone(),
-                                    http_addr: node.http_addr.clone(),
-                                },
-                            )
-                        })
-                    })
-                    .collect();
-            tracing::info!(shard, members = ?members.keys().collect::<Vec<_>>(), "initializing shard group");
-            if let Err(error) = replica.raft.initialize(members).await {
-                // Another start may have initialized it meanwhile; anything else is fatal.
-                if replica.raft.is_initialized().await.unwrap_or(false) {
-                    tracing::warn!(shard, %error, "initialize raced with an existing config");
-                } else {
-                    return Err(NodeError::Raft {
-                        shard,
-                        message: error.to_string(),
-                    });
-                }
-            }
-        }
-
         let actor_runtime = ActorRuntime::start(2)?;
         let actors = AccountActors::new(&actor_runtime, tuning.actors);
         let forwarder = reqwest::Client::builder()
@@ -283,15 +391,38 @@ impl RunningNode {
             .build()
             .map_err(|error| NodeError::Storage(format!("http client: {error}")))?;
         let context = Arc::new(NodeContext {
+            cluster: ClusterState::new(&config, record.clone()),
             config: config.clone(),
-            replicas,
+            replicas: ReplicaSet::default(),
             actors,
             forwarder,
             transport,
+            registry,
             metrics: crate::metrics::Metrics::install(),
             storage: parking_lot::Mutex::new(Some(storage)),
             election_gate,
+            raft_config,
+            tuning,
+            replica_changes: tokio::sync::Mutex::new(()),
         });
+
+        // A restart: the replicas this node held when it stopped. The cluster map (learned in
+        // the background) then adds and drops replicas as moves require.
+        for shard in stored_shards {
+            context.open_replica(shard).await?;
+        }
+        // The first start of a single-node ledger forms it at once; with peers, formation waits
+        // for them in the background (`cluster::run`).
+        if record.is_none() && config.cluster.nodes.len() == 1 {
+            crate::cluster::form(&context, config.node_ids()).await?;
+        } else if let Some(NodeRecord::Formation {
+            nodes,
+            formed: false,
+        }) = &record
+        {
+            // Stopped in the middle of formation: finish it (nothing moved yet).
+            crate::cluster::form(&context, nodes.clone()).await?;
+        }
 
         let listener = TcpListener::bind(&config.http_addr)
             .await
@@ -307,6 +438,10 @@ impl RunningNode {
             Arc::clone(&context),
             shutdown_receiver.clone(),
         ));
+        tasks.push(tokio::spawn(crate::cluster::run(
+            Arc::clone(&context),
+            shutdown_receiver.clone(),
+        )));
         let router = http::router(context.clone());
         let shutdown = wait_for_shutdown(shutdown_receiver.clone());
         tasks.push(tokio::spawn(async move {
@@ -328,6 +463,12 @@ impl RunningNode {
         })
     }
 
+    /// Resolves when the cluster removed this node (it was drained and retired, or it came
+    /// back after that): it serves nothing any more and should stop.
+    pub async fn removed(&self) {
+        self.context.cluster.wait_removed().await
+    }
+
     /// Stops serving, shuts every Raft group down (flushing nothing that is not already durable:
     /// acknowledged writes were synced before they were acknowledged) and closes storage.
     pub async fn shutdown(mut self) {
@@ -335,7 +476,7 @@ impl RunningNode {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        for replica in self.context.replicas.values() {
+        for replica in self.context.replicas.all() {
             if let Err(error) = replica.raft.shutdown().await {
                 tracing::warn!(shard = replica.shard, %error, "raft shutdown");
             }

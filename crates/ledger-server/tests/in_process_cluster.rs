@@ -134,7 +134,13 @@ async fn an_isolated_leader_is_replaced_and_nothing_acknowledged_is_lost() -> Re
             .iter()
             .flatten()
             .filter(|node| node.context.node_id() != old_leader)
-            .map(|node| node.context.replicas[&shard].current_leader())
+            .map(|node| {
+                node.context
+                    .replicas
+                    .get(&shard)
+                    .expect("the node hosts the shard")
+                    .current_leader()
+            })
             .collect();
         if let Some(Some(leader)) = views.first() {
             if *leader != old_leader && views.iter().all(|view| *view == Some(*leader)) {
@@ -222,7 +228,12 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()
         let outcome = leader_client.debit(account, &format!("k{key}"), 18).await?;
         assert_eq!(outcome.status, "accepted", "{outcome:?}");
     }
-    let lagging_applied = cluster.node(lagging).context.replicas[&shard]
+    let lagging_applied = cluster
+        .node(lagging)
+        .context
+        .replicas
+        .get(&shard)
+        .expect("the node hosts the shard")
         .state
         .read()
         .last_applied
@@ -230,7 +241,12 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()
     // The leader compacts its log past everything the lagging follower has.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let purged = cluster.node(leader).context.replicas[&shard]
+        let purged = cluster
+            .node(leader)
+            .context
+            .replicas
+            .get(&shard)
+            .expect("the node hosts the shard")
             .raft
             .metrics()
             .borrow()
@@ -247,7 +263,12 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()
 
     heal(&cluster);
     cluster.converged_digests().await?;
-    let lagging_replica = &cluster.node(lagging).context.replicas[&shard];
+    let lagging_replica = cluster
+        .node(lagging)
+        .context
+        .replicas
+        .get(&shard)
+        .expect("the node hosts the shard");
     let snapshot = lagging_replica.raft.metrics().borrow().snapshot;
     assert!(
         snapshot.map(|log_id| log_id.index) > lagging_applied,

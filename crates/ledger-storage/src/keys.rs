@@ -17,6 +17,7 @@
 //! | `ledger` | shard ++ `JOURNAL` ++ len-prefixed account id ++ sequence (u64) | bincode `JournalEntry` |
 //! | `ledger` | shard ++ `EVENT` ++ sequence (u64) | bincode `Event` |
 //! | `ledger` | shard ++ `SHARD_META` | bincode `ShardMeta` (catalog, acknowledged events) |
+//! | `raft_state` | `u32::MAX` ++ `NODE_RECORD` | the node's own record (server-defined bytes) |
 //! | `snapshot` | shard ++ `SNAPSHOT_META` | bincode `StoredSnapshotMeta` of the current snapshot |
 //! | `snapshot` | shard ++ `SNAPSHOT_DATA` | the current snapshot's bytes (bincode format version `u32`, then a bincode `SnapshotPayload`) |
 
@@ -57,6 +58,16 @@ pub(crate) const SNAPSHOT_DATA: u8 = 2;
 pub(crate) const SHARD_ID_MAX: ShardId = ShardId::MAX - 1;
 
 const SHARD_PREFIX_LENGTH: usize = 4;
+
+/// The prefix of node-level keys: above every shard's range.
+pub(crate) const NODE_RECORD_PREFIX: ShardId = ShardId::MAX;
+/// Tag of the node's own record under `NODE_RECORD_PREFIX` in `raft_state`.
+const NODE_RECORD: u8 = 1;
+
+/// The key of the node's own record.
+pub(crate) fn node_record_key() -> [u8; 5] {
+    tagged_key(NODE_RECORD_PREFIX, NODE_RECORD)
+}
 
 /// The key of log entry `index` of `shard`.
 pub(crate) fn log_key(shard: ShardId, index: u64) -> [u8; 12] {

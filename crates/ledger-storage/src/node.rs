@@ -152,6 +152,85 @@ impl NodeStorage {
         Ok((log_store, state_machine, shared_state))
     }
 
+    /// Deletes every key of `shard` (log, vote, applied state, snapshot) in one synced write:
+    /// the replica left this node. The shard must not be open; afterwards it can be opened again
+    /// as a new, empty replica. Blocking.
+    pub fn delete_shard(&self, shard: ShardId) -> Result<(), StorageError> {
+        if shard > SHARD_ID_MAX {
+            return Err(StorageError::ShardIdOutOfRange {
+                shard,
+                shard_id_max: SHARD_ID_MAX,
+            });
+        }
+        // Holding the claim while deleting keeps `open_shard` out until the keys are gone.
+        if !self.node.open_shards.lock().insert(shard) {
+            return Err(StorageError::ShardAlreadyOpen { shard });
+        }
+        let handle = ShardHandle {
+            node: Arc::clone(&self.node),
+            shard,
+        };
+        let (start, end) = shard_range(shard);
+        let mut batch = WriteBatch::default();
+        for family in COLUMN_FAMILIES {
+            batch.delete_range_cf(handle.node.cf(family), start, end);
+        }
+        handle
+            .node
+            .write(batch, Durability::Synced, CF_LEDGER, shard)?;
+        tracing::info!(shard, "shard replica deleted from storage");
+        Ok(())
+    }
+
+    /// The shards with any stored state on this node (the replicas it held when it stopped).
+    /// Blocking.
+    pub fn stored_shards(&self) -> Result<BTreeSet<ShardId>, StorageError> {
+        let mut shards = BTreeSet::new();
+        // Every replica stores its vote or its applied state once its group started.
+        for family in [CF_RAFT_STATE, CF_LEDGER] {
+            let mut next: ShardId = 0;
+            loop {
+                let mut found = None;
+                let start = next.to_be_bytes();
+                let end = NODE_RECORD_PREFIX.to_be_bytes();
+                self.node
+                    .scan(family, &start, &end, Direction::Forward, next, |key, _| {
+                        found = key
+                            .get(..4)
+                            .and_then(|prefix| prefix.try_into().ok())
+                            .map(ShardId::from_be_bytes);
+                        Ok(false)
+                    })?;
+                match found {
+                    Some(shard) => {
+                        shards.insert(shard);
+                        match shard.checked_add(1) {
+                            Some(following) if following <= SHARD_ID_MAX => next = following,
+                            _ => break,
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(shards)
+    }
+
+    /// The node's own record (what the server keeps about the cluster it belongs to), if any.
+    /// Blocking.
+    pub fn node_record(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.node
+            .get(CF_RAFT_STATE, &node_record_key(), NODE_RECORD_PREFIX)
+    }
+
+    /// Replaces the node's own record, synced. Blocking.
+    pub fn put_node_record(&self, record: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.node.cf(CF_RAFT_STATE), node_record_key(), record);
+        self.node
+            .write(batch, Durability::Synced, CF_RAFT_STATE, NODE_RECORD_PREFIX)
+    }
+
     /// The directory of the database.
     pub fn path(&self) -> &Path {
         &self.node.path

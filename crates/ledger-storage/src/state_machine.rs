@@ -44,8 +44,8 @@ type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
 
 /// Version of the snapshot payload encoding; a follower refuses a payload of another version.
 /// Version 2 added `grant_records`; version 3 the credit semantics (reservations, journal,
-/// events, the shard's metadata).
-const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// events, the shard's metadata); version 4 the cluster map in the shard metadata.
+const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 /// What the `ledger` column family records besides accounts, debit records and grant records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -280,19 +280,19 @@ async fn a_snapshot_of_another_format_version_is_refused_and_changes_nothing() -
     apply_random_entries(&mut follower, &mut follower_model, &mut other, 1, 10).await?;
     let applied_before = follower.applied_state().await?;
 
-    // The version is the first byte (bincode writes a small u32 as one byte): make it 2, the
-    // version before the credit semantics existed.
+    // The version is the first byte (bincode writes a small u32 as one byte): make it 3, the
+    // version before the cluster map existed.
     let mut data = snapshot.snapshot.into_inner();
-    ensure!(data.first() == Some(&3), "the current format version is 3");
-    data[0] = 2;
+    ensure!(data.first() == Some(&4), "the current format version is 4");
+    data[0] = 3;
     let mut receiving = follower.begin_receiving_snapshot().await?;
     *receiving = std::io::Cursor::new(data);
     let refused = follower.install_snapshot(&snapshot.meta, receiving).await;
     let error = refused
         .err()
-        .context("a snapshot of version 2 is refused")?;
+        .context("a snapshot of version 3 is refused")?;
     ensure!(
-        error.to_string().contains("format version 2"),
+        error.to_string().contains("format version 3"),
         "refused for its version: {error}"
     );
     assert_eq!(follower_state.read().ledger, follower_model);
@@ -368,6 +368,69 @@ async fn a_shard_opens_once_at_a_time() -> anyhow::Result<()> {
     ));
     drop(stores);
     open_shard_stores(&storage, 4)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -> anyhow::Result<()>
+{
+    let seed = test_seed("a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay");
+    let directory = TempDir::new()?;
+    let meta_shard = ledger_core::cluster::META_SHARD;
+    let shards: [ShardId; 3] = [3, 4, meta_shard];
+    let mut models = Vec::new();
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        ensure!(storage.node_record()?.is_none());
+        storage.put_node_record(b"record-1")?;
+        for &shard in &shards {
+            let (mut log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
+            log_store
+                .blocking_append(
+                    (1..=12)
+                        .map(|index| blank_entry(5, index))
+                        .collect::<Vec<_>>(),
+                )
+                .await?;
+            log_store.save_vote(&Vote::new(5, 1)).await?;
+            let mut model = Ledger::new();
+            let mut generator = CommandGenerator::new(seed + shard as u64, &format!("s{shard}"));
+            apply_random_entries(&mut machine, &mut model, &mut generator, 1, 12).await?;
+            models.push(model);
+        }
+        assert_eq!(storage.stored_shards()?, shards.into_iter().collect());
+        // An open shard cannot be deleted.
+        let stores = open_shard_stores(&storage, 4)?;
+        assert!(matches!(
+            storage.delete_shard(4),
+            Err(StorageError::ShardAlreadyOpen { shard: 4 })
+        ));
+        drop(stores);
+        storage.delete_shard(4)?;
+        storage.put_node_record(b"record-2")?;
+    }
+
+    let storage = NodeStorage::open(directory.path())?;
+    assert_eq!(storage.node_record()?, Some(b"record-2".to_vec()));
+    assert_eq!(
+        storage.stored_shards()?,
+        [3, meta_shard].into_iter().collect()
+    );
+    // The deleted shard opens as a new, empty replica; the others are whole.
+    let (mut log_store, _machine, state) = open_shard_stores(&storage, 4)?;
+    ensure!(log_store.read_vote().await?.is_none());
+    ensure!(log_store.try_get_log_entries(0..).await?.is_empty());
+    assert_eq!(state.read().ledger, Ledger::new());
+    assert_eq!(state.read().last_applied, None);
+    for (position, shard) in [(0, 3), (2, meta_shard)] {
+        let (mut log_store, _machine, state) = open_shard_stores(&storage, shard)?;
+        assert_eq!(
+            state.read().ledger,
+            models[position],
+            "ledger of shard {shard}"
+        );
+        assert_eq!(log_store.try_get_log_entries(0..).await?.len(), 12);
+    }
     Ok(())
 }
 

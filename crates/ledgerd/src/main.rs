@@ -71,9 +71,21 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("starting the node")?;
     tracing::info!(http_addr = %node.http_addr, "serving");
-    wait_for_signal().await?;
+    let removed = tokio::select! {
+        result = wait_for_signal() => {
+            result?;
+            false
+        }
+        _ = node.removed() => true,
+    };
     tracing::info!("shutting down");
     node.shutdown().await;
+    if removed {
+        anyhow::bail!(
+            "this node was removed from the cluster; to bring the machine back, give it a new \
+             node id and an empty data directory and declare it with `ledgerctl cluster apply`"
+        );
+    }
     Ok(())
 }
 

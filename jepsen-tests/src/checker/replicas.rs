@@ -87,6 +87,7 @@ mod tests {
                     digest: digest.to_string(),
                 })
                 .collect(),
+            map: None,
         }
     }
 

@@ -10,7 +10,10 @@ fn address(node: NodeId) -> NodeAddress {
 }
 
 fn addresses(nodes: impl IntoIterator<Item = NodeId>) -> BTreeMap<NodeId, NodeAddress> {
-    nodes.into_iter().map(|node| (node, address(node))).collect()
+    nodes
+        .into_iter()
+        .map(|node| (node, address(node)))
+        .collect()
 }
 
 /// The placement of `ledger_raft::placement` (consecutive nodes from `shard % n`), restated.
@@ -22,7 +25,12 @@ fn formed(node_count: u64, shard_count: u32, replication: u32) -> ClusterMap {
             .map(|offset| nodes[(shard as usize + offset) % nodes.len()])
             .collect()
     };
-    ClusterMap::formation(shard_count, replication, addresses(nodes.clone()), placement)
+    ClusterMap::formation(
+        shard_count,
+        replication,
+        addresses(nodes.clone()),
+        placement,
+    )
 }
 
 /// Runs the controller's loop without failures: plan, begin, settle with the planned voters.
@@ -33,7 +41,10 @@ fn converge(map: &mut ClusterMap, step_limit: usize) -> usize {
             None => return steps,
             Some(Step::Retire(node)) => {
                 let version = map.version;
-                assert_eq!(map.apply(&ClusterChange::Retire { version, node }), Ok(true));
+                assert_eq!(
+                    map.apply(&ClusterChange::Retire { version, node }),
+                    Ok(true)
+                );
             }
             Some(Step::Move(step)) => {
                 let before = map.shards[&step.shard].replicas.clone();
@@ -67,7 +78,10 @@ fn assert_balanced(map: &ClusterMap) {
         assert_eq!(placement.replicas.len(), wanted, "shard {shard}");
         assert!(placement.moving.is_none());
         assert!(
-            placement.replicas.iter().all(|node| map.desired.contains(node)),
+            placement
+                .replicas
+                .iter()
+                .all(|node| map.desired.contains(node)),
             "shard {shard} on {:?}, desired {:?}",
             placement.replicas,
             map.desired
@@ -77,7 +91,10 @@ fn assert_balanced(map: &ClusterMap) {
     let loads: Vec<usize> = map.desired.iter().map(|node| load[node]).collect();
     let (min, max) = (loads.iter().min(), loads.iter().max());
     assert!(max.unwrap_or(&0) - min.unwrap_or(&0) <= 1, "{loads:?}");
-    assert_eq!(map.nodes.keys().copied().collect::<BTreeSet<_>>(), map.desired);
+    assert_eq!(
+        map.nodes.keys().copied().collect::<BTreeSet<_>>(),
+        map.desired
+    );
 }
 
 #[test]

@@ -1138,8 +1138,16 @@ fn rejection_codes_and_discriminants_are_pinned() {
         (Rejection::OverdraftInUse, 23, "overdraft_in_use"),
         (Rejection::InvalidSettings, 24, "invalid_settings"),
         (Rejection::StaleCatalog, 25, "stale_catalog"),
-        (Rejection::ClusterVersionConflict, 26, "cluster_version_conflict"),
-        (Rejection::InvalidClusterChange, 27, "invalid_cluster_change"),
+        (
+            Rejection::ClusterVersionConflict,
+            26,
+            "cluster_version_conflict",
+        ),
+        (
+            Rejection::InvalidClusterChange,
+            27,
+            "invalid_cluster_change",
+        ),
         (Rejection::NodeRemoved, 28, "node_removed"),
     ];
     assert_eq!(Rejection::ALL.len(), pinned.len());

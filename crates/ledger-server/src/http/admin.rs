@@ -48,7 +48,8 @@ async fn backup(context: &Arc<NodeContext>, body: &Bytes) -> Result<BackupRespon
     // Applied indexes first: the checkpoint holds at least this much of every shard.
     let mut shards: Vec<BackupShard> = context
         .replicas
-        .values()
+        .all()
+        .into_iter()
         .map(|replica| BackupShard {
             shard_id: replica.shard,
             last_applied: replica

@@ -113,7 +113,10 @@ pub fn rejection_status(rejection: Rejection) -> StatusCode {
         | Rejection::ReservationReleased
         | Rejection::ReservationCommitted
         | Rejection::OverdraftInUse
-        | Rejection::StaleCatalog => StatusCode::CONFLICT,
+        | Rejection::StaleCatalog
+        | Rejection::ClusterVersionConflict
+        | Rejection::NodeRemoved => StatusCode::CONFLICT,
+        Rejection::InvalidClusterChange => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -162,5 +165,16 @@ fn rejection_message(rejection: Rejection, subject: &str) -> String {
         }
         Rejection::InvalidSettings => format!("{subject}: the settings are inconsistent"),
         Rejection::StaleCatalog => format!("{subject}: the catalog is older than this shard's"),
+        Rejection::ClusterVersionConflict => {
+            format!("{subject}: the cluster map changed since this change was planned")
+        }
+        Rejection::InvalidClusterChange => format!(
+            "{subject}: the change cannot be served (fewer nodes than the replication, an \
+             address used twice or changed, or a move that does not fit the map)"
+        ),
+        Rejection::NodeRemoved => format!(
+            "{subject}: a node that was removed cannot rejoin under its id; give it a new id \
+             and an empty data directory"
+        ),
     }
 }

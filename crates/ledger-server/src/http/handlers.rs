@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_api::{
-    codes, AccountResponse, BatchDebitResponse, BatchDebitResult, ClusterResponse, DebitResponse,
-    ErrorBody, GrantResponse, GrantView, NodeInfo, ShardInfo, STATUS_ACCEPTED, STATUS_REJECTED,
+    codes, AccountResponse, BatchDebitResponse, BatchDebitResult, DebitResponse, ErrorBody,
+    GrantResponse, GrantView, STATUS_ACCEPTED, STATUS_REJECTED,
 };
 use ledger_core::{shard_for_account, Accepted, AccountView, Command, Outcome, Rejection};
 use ledger_raft::ShardId;
@@ -525,7 +525,7 @@ async fn decide_shard_items(
 ) -> Vec<(usize, BatchDebitResult)> {
     let leader = match context.replicas.get(&shard) {
         Some(replica) => replica.current_leader(),
-        None => context.replica_nodes(shard).first().copied(),
+        None => routing::any_replica_node(context, shard),
     };
     let no_leader = || {
         ApiError::unavailable(
@@ -538,6 +538,7 @@ async fn decide_shard_items(
             let Some(replica) = context.replicas.get(&shard) else {
                 return fail_items(&items, &no_leader());
             };
+            let replica = &replica;
             let submissions = items.into_iter().map(|item| async move {
                 let (account_id, key) = match &item.command {
                     Command::Debit {
@@ -647,50 +648,6 @@ async fn forward_items(
             .collect(),
         _ => fail_items(&items, &unreachable),
     }
-}
-
-/// `GET /admin/cluster`
-pub async fn cluster(State(context): Context) -> Response {
-    let config = &context.config;
-    let nodes = config
-        .cluster
-        .nodes
-        .iter()
-        .map(|node| NodeInfo {
-            id: node.id,
-            http_addr: node.http_addr.clone(),
-            raft_addr: node.raft_addr.clone(),
-        })
-        .collect();
-    let shards = (0..config.cluster.shards)
-        .map(|shard| match context.replicas.get(&shard) {
-            Some(replica) => {
-                let metrics = replica.raft.metrics().borrow().clone();
-                let members = metrics.membership_config.membership().voter_ids().collect();
-                let (last_applied, digest) = replica.applied_digest();
-                ShardInfo {
-                    shard_id: shard,
-                    leader: metrics.current_leader,
-                    members,
-                    last_applied,
-                    digest: format!("{digest:032x}"),
-                }
-            }
-            None => ShardInfo {
-                shard_id: shard,
-                leader: None,
-                members: context.replica_nodes(shard),
-                last_applied: None,
-                digest: String::new(),
-            },
-        })
-        .collect();
-    Json(ClusterResponse {
-        node_id: context.node_id(),
-        nodes,
-        shards,
-    })
-    .into_response()
 }
 
 /// `GET /health`: 200 while the node serves.

@@ -2,6 +2,7 @@
 //! codes, and forwarding of requests to the leader of their shard.
 
 mod admin;
+mod cluster;
 mod credits;
 mod error;
 mod handlers;
@@ -16,6 +17,7 @@ use axum::Router;
 
 use crate::node::NodeContext;
 
+pub use cluster::shard_membership_step;
 pub use credits::{event_json, install_catalog_everywhere};
 pub use error::ApiError;
 
@@ -101,7 +103,13 @@ pub fn router(context: Arc<NodeContext>) -> Router {
             get(handlers::get_debit),
         )
         .route("/v1/debits/batch", post(handlers::batch_debits))
-        .route("/admin/cluster", get(handlers::cluster))
+        .route("/admin/cluster", get(cluster::cluster))
+        .route("/admin/cluster/apply", post(cluster::apply))
+        .route("/internal/cluster", get(cluster::identity))
+        .route(
+            "/internal/shards/{shard}/membership",
+            post(cluster::membership),
+        )
         .route("/admin/backups", post(admin::create_backup))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))

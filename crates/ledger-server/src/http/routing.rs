@@ -1,6 +1,8 @@
 //! Where a request is served: on this node when it leads the request's shard, else forwarded to
 //! the leader's HTTP address; 503 with `Retry-After` when the shard has no leader right now.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,13 +60,17 @@ fn no_leader(shard: ShardId) -> Response {
     .into_response()
 }
 
+/// Rotates the replica a request is forwarded to when this node holds none of its shard, so
+/// that a dead replica does not take all of them.
+static NEXT_REPLICA: AtomicUsize = AtomicUsize::new(0);
+
 /// The replica of `shard` on this node, if this node currently leads it; otherwise the answer to
 /// give (forwarded, or 503).
-async fn leader_replica<'a>(
-    context: &'a NodeContext,
+pub async fn leader_replica(
+    context: &NodeContext,
     shard: ShardId,
     request: &Forwardable,
-) -> Result<&'a ShardReplica, Response> {
+) -> Result<ShardReplica, Response> {
     match context.replicas.get(&shard) {
         Some(replica) => match replica.current_leader() {
             Some(leader) if leader == context.node_id() => Ok(replica),
@@ -72,11 +78,20 @@ async fn leader_replica<'a>(
             None => Err(no_leader(shard)),
         },
         // This node holds no replica of the shard: any replica knows the leader.
-        None => match context.replica_nodes(shard).first() {
-            Some(node) => Err(forward(context, *node, shard, request).await),
+        None => match any_replica_node(context, shard) {
+            Some(node) => Err(forward(context, node, shard, request).await),
             None => Err(no_leader(shard)),
         },
     }
+}
+
+/// A node holding a replica of `shard` per the cluster map, in rotation.
+pub fn any_replica_node(context: &NodeContext, shard: ShardId) -> Option<NodeId> {
+    let nodes = context.replica_nodes(shard);
+    if nodes.is_empty() {
+        return None;
+    }
+    Some(nodes[NEXT_REPLICA.fetch_add(1, Ordering::Relaxed) % nodes.len()])
 }
 
 /// Decides `command` through its shard's leader and returns the outcome, or the complete

@@ -99,9 +99,9 @@ impl TestCluster {
     pub fn agreed_leaders(&self) -> Option<BTreeMap<u32, u64>> {
         let mut leaders = BTreeMap::new();
         for node in self.nodes.iter().flatten() {
-            for (shard, replica) in &node.context.replicas {
+            for replica in node.context.replicas.values() {
                 let leader = replica.current_leader()?;
-                if *leaders.entry(*shard).or_insert(leader) != leader {
+                if *leaders.entry(replica.shard).or_insert(leader) != leader {
                     return None;
                 }
             }
@@ -129,9 +129,9 @@ impl TestCluster {
         loop {
             let mut by_shard: BTreeMap<u32, Vec<(Option<u64>, u128)>> = BTreeMap::new();
             for node in self.nodes.iter().flatten() {
-                for (shard, replica) in &node.context.replicas {
+                for replica in node.context.replicas.values() {
                     let state = replica.state.read();
-                    by_shard.entry(*shard).or_default().push((
+                    by_shard.entry(replica.shard).or_default().push((
                         state.last_applied.map(|log_id| log_id.index),
                         state.ledger.digest(),
                     ));

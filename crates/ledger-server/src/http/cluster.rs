@@ -1,0 +1,293 @@
+//! The cluster endpoints: `GET /admin/cluster` (what this node knows of the cluster),
+//! `POST /admin/cluster/apply` (declare the node set), and the internal calls of the cluster
+//! map (`GET /internal/cluster`) and of the controller (`POST /internal/shards/{s}/membership`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ledger_api::{
+    codes, ApplyClusterRequest, ApplyClusterResponse, ClusterMapInfo, ClusterResponse, MoveInfo,
+    NodeInfo, ShardInfo,
+};
+use ledger_core::cluster::{next_step, ClusterChange, ClusterMap, Step, META_SHARD};
+use ledger_core::{Accepted, Command};
+use ledger_raft::ShardId;
+
+use super::routing::{self, Forwardable, Routed};
+use super::ApiError;
+use crate::cluster::{declared_nodes, ClusterIdentity, MembershipAnswer, MembershipRequest};
+use crate::node::NodeContext;
+
+type Context = State<Arc<NodeContext>>;
+
+/// `GET /admin/cluster`: this node's view. Shards it hosts report their group's leader, voters,
+/// applied index and digest; the others what the cluster map says.
+pub async fn cluster(State(context): Context) -> Response {
+    let map = context.cluster.map();
+    let nodes = if map.nodes.is_empty() {
+        context
+            .config
+            .cluster
+            .nodes
+            .iter()
+            .map(|node| NodeInfo {
+                id: node.id,
+                http_addr: node.http_addr.clone(),
+                raft_addr: node.raft_addr.clone(),
+            })
+            .collect()
+    } else {
+        map.nodes
+            .iter()
+            .map(|(id, address)| NodeInfo {
+                id: *id,
+                http_addr: address.http_addr.clone(),
+                raft_addr: address.raft_addr.clone(),
+            })
+            .collect()
+    };
+    let shards = (0..context.shard_count())
+        .map(|shard| shard_info(&context, shard))
+        .collect();
+    let map_info = map.exists().then(|| map_info(&context, &map));
+    Json(ClusterResponse {
+        node_id: context.node_id(),
+        nodes,
+        shards,
+        map: map_info,
+    })
+    .into_response()
+}
+
+fn shard_info(context: &NodeContext, shard: ShardId) -> ShardInfo {
+    match context.replicas.get(&shard) {
+        Some(replica) => {
+            let metrics = replica.raft.metrics().borrow().clone();
+            let members = metrics.membership_config.membership().voter_ids().collect();
+            let (last_applied, digest) = replica.applied_digest();
+            ShardInfo {
+                shard_id: shard,
+                leader: metrics.current_leader,
+                members,
+                last_applied,
+                digest: format!("{digest:032x}"),
+            }
+        }
+        None => ShardInfo {
+            shard_id: shard,
+            leader: None,
+            members: context
+                .cluster
+                .map()
+                .shard(shard)
+                .map(|placement| placement.replicas.clone())
+                .unwrap_or_default(),
+            last_applied: None,
+            digest: String::new(),
+        },
+    }
+}
+
+fn map_info(context: &NodeContext, map: &ClusterMap) -> ClusterMapInfo {
+    let progress = context.cluster.progress();
+    let moving = map.move_under_way().map(|step| {
+        let seen = progress.filter(|progress| progress.step == step);
+        MoveInfo {
+            shard_id: step.shard,
+            add: step.add,
+            remove: step.remove,
+            caught_up_to: seen.and_then(|progress| progress.caught_up_to),
+            leader_last_index: seen.and_then(|progress| progress.leader_last_index),
+        }
+    });
+    ClusterMapInfo {
+        version: map.version,
+        desired: map.desired.iter().copied().collect(),
+        removed: map.removed.iter().copied().collect(),
+        metadata_group: shard_info(context, META_SHARD),
+        moving,
+        moves_remaining: moves_remaining(map),
+    }
+}
+
+/// The moves the planner would still make from `map` (the one under way included), by running
+/// it on a copy without failures.
+fn moves_remaining(map: &ClusterMap) -> u64 {
+    let mut planned = map.clone();
+    let mut moves = 0u64;
+    if let Some(step) = planned.move_under_way() {
+        moves += 1;
+        let replicas = step.voters_after(&planned.shards[&step.shard].replicas);
+        let version = planned.version;
+        let settle = ClusterChange::SettleMove {
+            version,
+            shard: step.shard,
+            replicas,
+        };
+        if planned.apply(&settle).is_err() {
+            return moves;
+        }
+    }
+    // Bounded: the planner converges in far fewer steps than this.
+    for _ in 0..10_000 {
+        let version = planned.version;
+        let change = match next_step(&planned) {
+            Some(Step::Move(step)) => {
+                moves += 1;
+                let replicas = step.voters_after(&planned.shards[&step.shard].replicas);
+                if planned
+                    .apply(&ClusterChange::BeginMove { version, step })
+                    .is_err()
+                {
+                    break;
+                }
+                ClusterChange::SettleMove {
+                    version: version + 1,
+                    shard: step.shard,
+                    replicas,
+                }
+            }
+            Some(Step::Retire(node)) => ClusterChange::Retire { version, node },
+            None => break,
+        };
+        if planned.apply(&change).is_err() {
+            break;
+        }
+    }
+    moves
+}
+
+/// `GET /internal/cluster`: who this node is, what it decided about its membership, and the
+/// newest cluster map it knows.
+pub async fn identity(State(context): Context) -> Response {
+    Json(ClusterIdentity {
+        node_id: context.node_id(),
+        record: context.cluster.record(),
+        map: (*context.cluster.map()).clone(),
+    })
+    .into_response()
+}
+
+/// `POST /admin/cluster/apply {"nodes":[{"id","http_addr","raft_addr"}]}`: declares the node set
+/// the cluster should have. The controller then moves replicas onto new nodes and drains the
+/// nodes left out, one move at a time (`GET /admin/cluster` shows the progress).
+pub async fn apply(State(context): Context, body: Bytes) -> Response {
+    let request: ApplyClusterRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return ApiError::bad_request(
+                codes::INVALID_JSON,
+                format!("expected {{\"nodes\":[{{\"id\",\"http_addr\",\"raft_addr\"}}]}}: {error}"),
+            )
+            .into_response()
+        }
+    };
+    let nodes = match declared_nodes(&request.nodes) {
+        Ok(nodes) => nodes,
+        Err(message) => {
+            return ApiError::bad_request(codes::INVALID_CLUSTER_CHANGE, message).into_response()
+        }
+    };
+    let forwardable = Forwardable {
+        method: Method::POST,
+        path_and_query: "/admin/cluster/apply".to_owned(),
+        body,
+        hops: 0,
+        accept: None,
+    };
+    let command = Command::UpdateCluster(ClusterChange::Declare { nodes });
+    match routing::write(&context, META_SHARD, command, &forwardable).await {
+        Routed::Here(outcome) => match outcome.result {
+            Ok(Accepted::ClusterUpdated { version }) => Json(ApplyClusterResponse {
+                version,
+                changed: !outcome.replayed,
+            })
+            .into_response(),
+            Ok(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                "unexpected outcome of a cluster change",
+            )
+            .into_response(),
+            Err(rejection) => {
+                ApiError::rejection(rejection, outcome.replayed, "cluster apply").into_response()
+            }
+        },
+        Routed::Answered(response) => response,
+    }
+}
+
+/// `POST /internal/shards/{shard}/membership`: one step of a replica move, on the shard's
+/// leader (forwarded there).
+pub async fn membership(
+    State(context): Context,
+    Path(shard): Path<ShardId>,
+    body: Bytes,
+) -> Response {
+    let request: MembershipRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return ApiError::bad_request(codes::INVALID_JSON, error.to_string()).into_response()
+        }
+    };
+    let forwardable = Forwardable {
+        method: Method::POST,
+        path_and_query: format!("/internal/shards/{shard}/membership"),
+        body,
+        hops: 0,
+        accept: None,
+    };
+    membership_here_or_forwarded(&context, shard, &request, &forwardable).await
+}
+
+async fn membership_here_or_forwarded(
+    context: &NodeContext,
+    shard: ShardId,
+    request: &MembershipRequest,
+    forwardable: &Forwardable,
+) -> Response {
+    let replica = match routing::leader_replica(context, shard, forwardable).await {
+        Ok(replica) => replica,
+        Err(response) => return response,
+    };
+    match crate::cluster::membership_step(&replica, request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(message) => ApiError::unavailable(codes::UNAVAILABLE, message).into_response(),
+    }
+}
+
+/// The controller's call: one step of a replica move of `shard`, taken by its leader wherever it
+/// is.
+pub async fn shard_membership_step(
+    context: &NodeContext,
+    shard: ShardId,
+    request: &MembershipRequest,
+) -> Result<MembershipAnswer, String> {
+    let body = serde_json::to_vec(request).map_err(|error| error.to_string())?;
+    let forwardable = Forwardable {
+        method: Method::POST,
+        path_and_query: format!("/internal/shards/{shard}/membership"),
+        body: Bytes::from(body),
+        hops: 0,
+        accept: None,
+    };
+    let response = membership_here_or_forwarded(context, shard, request, &forwardable).await;
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+        .await
+        .map_err(|error| error.to_string())?;
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|error| error.to_string())
+}
