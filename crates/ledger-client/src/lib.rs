@@ -35,10 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_api::{
-    codes, AccountResponse, BackupRequest, BackupResponse, BatchDebitItem, BatchDebitResponse,
-    ClusterResponse, CommitRequest, CreateAccountRequest, CreateGrantRequest, DebitRequest,
-    DebitResponse, ErrorBody, ErrorResponse, GrantResponse, ReservationResponse, ReserveRequest,
-    STATUS_REJECTED,
+    codes, AccountResponse, ApplyClusterRequest, ApplyClusterResponse, BackupRequest,
+    BackupResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse, CommitRequest,
+    CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody,
+    ErrorResponse, GrantResponse, NodeInfo, ReservationResponse, ReserveRequest, STATUS_REJECTED,
 };
 use reqwest::{header, Method, Url};
 use serde::de::DeserializeOwned;
@@ -442,6 +442,24 @@ impl LedgerClient {
             .await?;
         match answer.status {
             201 => decode(&answer),
+            _ => Err(api_error(&answer)),
+        }
+    }
+
+    /// `POST /admin/cluster/apply` through one node: declares the node set the cluster should
+    /// have; the cluster then moves replicas by itself (see `GET /admin/cluster`).
+    pub async fn apply_cluster(
+        &self,
+        node_url: &str,
+        nodes: Vec<NodeInfo>,
+    ) -> Result<ApplyClusterResponse, ClientError> {
+        let body = serde_json::to_vec(&ApplyClusterRequest { nodes })
+            .map_err(|error| ClientError::Transport(format!("encoding the request: {error}")))?;
+        let answer = self
+            .call_node(node_url, Method::POST, "/admin/cluster/apply", Some(body))
+            .await?;
+        match answer.status {
+            200 => decode(&answer),
             _ => Err(api_error(&answer)),
         }
     }

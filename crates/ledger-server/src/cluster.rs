@@ -35,6 +35,12 @@ const ROUND_INTERVAL: Duration = Duration::from_millis(250);
 const CATCH_UP_LAG_MAX: u64 = 64;
 /// Longest wait for one proposal to the metadata group.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A node with a metadata replica also asks a peer for the map every this many rounds.
+const PEER_REFRESH_EVERY: usize = 4;
+/// Most controller steps taken in one round while each makes progress at once.
+const CONTROL_STEPS_PER_ROUND: usize = 8;
+/// Longest wait for one membership step on a shard's leader.
+const MEMBERSHIP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a peer's answer about the cluster.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -105,6 +111,8 @@ pub struct ClusterState {
     progress: Mutex<Option<MoveProgress>>,
     /// Rotates the peers asked for the map.
     next_peer: AtomicUsize,
+    /// Rounds of the cluster loop so far.
+    rounds: AtomicUsize,
 }
 
 impl ClusterState {
@@ -124,6 +132,7 @@ impl ClusterState {
             removed: watch::channel(false).0,
             progress: Mutex::new(None),
             next_peer: AtomicUsize::new(0),
+            rounds: AtomicUsize::new(0),
         }
     }
 
@@ -400,10 +409,14 @@ async fn ask_peer(context: &NodeContext, peer: NodeId, address: &str) -> Option<
 /// Learns the newest map: from this node's metadata replica when it has one, else from a node
 /// that has one (the map's metadata replicas, or the configured peers before the map is known).
 async fn refresh_map(context: &NodeContext) {
+    let round = context.cluster.rounds.fetch_add(1, Ordering::Relaxed);
     if let Some(meta) = context.replicas.get(&META_SHARD) {
         let local = meta.state.read().ledger.meta().cluster.clone();
         context.cluster.install(local);
-        if context.cluster.map().exists() {
+        // A metadata replica that is being moved away stops receiving entries once the group
+        // no longer counts it, so its copy can stop short of the settled map that lets it go:
+        // ask a peer now and then too.
+        if context.cluster.map().exists() && round % PEER_REFRESH_EVERY != 0 {
             return;
         }
     }
@@ -474,42 +487,57 @@ async fn follow_map(context: &NodeContext, map: &ClusterMap) {
 /// The controller: on the metadata group's leader, creates the map at formation, then drives
 /// the move under way or starts the next one, or retires a drained node.
 async fn control(context: &NodeContext) {
+    for _ in 0..CONTROL_STEPS_PER_ROUND {
+        if !control_step(context).await {
+            return;
+        }
+    }
+}
+
+/// One step of the controller. Returns whether it changed the map (so the next step can be
+/// taken at once).
+async fn control_step(context: &NodeContext) -> bool {
     let Some(meta) = context.replicas.get(&META_SHARD) else {
-        return;
+        return false;
     };
     if meta.current_leader() != Some(context.node_id()) {
-        return;
+        return false;
     }
     let map = meta.state.read().ledger.meta().cluster.clone();
     if !map.exists() {
         if let Some(NodeRecord::Formation { nodes, .. }) = context.cluster.record() {
             let created = formation_map(&context.config, &nodes);
-            propose(&meta, ClusterChange::Create(created)).await;
+            return propose(&meta, ClusterChange::Create(created)).await;
         }
-        return;
+        return false;
     }
     if let Some(step) = map.move_under_way() {
-        drive(context, &meta, &map, step).await;
-        return;
+        return drive(context, &meta, &map, step).await;
     }
     *context.cluster.progress.lock() = None;
     let version = map.version;
     match next_step(&map) {
         Some(Step::Move(step)) => {
             tracing::info!(?step, version, "starting a replica move");
-            propose(&meta, ClusterChange::BeginMove { version, step }).await;
+            propose(&meta, ClusterChange::BeginMove { version, step }).await
         }
         Some(Step::Retire(node)) => {
             tracing::info!(node, version, "retiring a drained node");
-            propose(&meta, ClusterChange::Retire { version, node }).await;
+            propose(&meta, ClusterChange::Retire { version, node }).await
         }
-        None => {}
+        None => false,
     }
 }
 
 /// One round of the move under way: ask the shard's leader to take the next membership step,
-/// and settle the move in the map once the group has its new voters.
-async fn drive(context: &NodeContext, meta: &ShardReplica, map: &ClusterMap, step: ReplicaMove) {
+/// and settle the move in the map once the group has its new voters. Returns false: the next
+/// step waits for the next round.
+async fn drive(
+    context: &NodeContext,
+    meta: &ShardReplica,
+    map: &ClusterMap,
+    step: ReplicaMove,
+) -> bool {
     // A node that is no longer declared is not added: settle on the voters the group has.
     let abandon = step.add.is_some_and(|add| !map.desired.contains(&add));
     let request = MembershipRequest {
@@ -521,6 +549,9 @@ async fn drive(context: &NodeContext, meta: &ShardReplica, map: &ClusterMap, ste
         Ok(answer) if answer.done => {
             *context.cluster.progress.lock() = None;
             tracing::info!(?step, voters = ?answer.voters, "replica move done");
+            // Settling ends the round (returns false) so that the next round follows the
+            // settled map first: a replica moved away is dropped before the next move is
+            // driven (a removed leader's replica must not be asked to lead it).
             propose(
                 meta,
                 ClusterChange::SettleMove {
@@ -530,6 +561,7 @@ async fn drive(context: &NodeContext, meta: &ShardReplica, map: &ClusterMap, ste
                 },
             )
             .await;
+            false
         }
         Ok(answer) => {
             *context.cluster.progress.lock() = Some(MoveProgress {
@@ -537,8 +569,12 @@ async fn drive(context: &NodeContext, meta: &ShardReplica, map: &ClusterMap, ste
                 caught_up_to: answer.caught_up_to,
                 leader_last_index: answer.leader_last_index,
             });
+            false
         }
-        Err(message) => tracing::info!(?step, %message, "replica move step not taken yet"),
+        Err(message) => {
+            tracing::info!(?step, %message, "replica move step not taken yet");
+            false
+        }
     }
 }
 
@@ -589,6 +625,24 @@ pub struct MembershipAnswer {
 /// On the shard's leader: one idempotent step of a membership change. Adds `add` as a learner,
 /// waits (across calls) until it caught up, then changes the voters with joint consensus.
 pub(crate) async fn membership_step(
+    replica: &ShardReplica,
+    request: &MembershipRequest,
+) -> Result<MembershipAnswer, String> {
+    // A membership change waits for commits; a replica that lost its quorum (e.g. a removed
+    // leader that has not stepped down yet) would wait forever. The controller retries.
+    tokio::time::timeout(
+        MEMBERSHIP_STEP_TIMEOUT,
+        membership_step_unbounded(replica, request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {MEMBERSHIP_STEP_TIMEOUT:?} (the leader may have lost its quorum)"
+        ))
+    })
+}
+
+async fn membership_step_unbounded(
     replica: &ShardReplica,
     request: &MembershipRequest,
 ) -> Result<MembershipAnswer, String> {

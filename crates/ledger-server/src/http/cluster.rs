@@ -14,7 +14,7 @@ use ledger_api::{
     NodeInfo, ShardInfo,
 };
 use ledger_core::cluster::{next_step, ClusterChange, ClusterMap, Step, META_SHARD};
-use ledger_core::{Accepted, Command};
+use ledger_core::{Accepted, Command, Rejection};
 use ledger_raft::ShardId;
 
 use super::routing::{self, Forwardable, Routed};
@@ -213,12 +213,27 @@ pub async fn apply(State(context): Context, body: Bytes) -> Response {
                 "unexpected outcome of a cluster change",
             )
             .into_response(),
+            // Answered by the metadata leader before it recorded the map of the new cluster.
+            Err(Rejection::InvalidClusterChange) if !metadata_map_exists(&context) => {
+                ApiError::unavailable(
+                    codes::UNAVAILABLE,
+                    "the cluster is still forming (no cluster map yet); retry",
+                )
+                .into_response()
+            }
             Err(rejection) => {
                 ApiError::rejection(rejection, outcome.replayed, "cluster apply").into_response()
             }
         },
         Routed::Answered(response) => response,
     }
+}
+
+fn metadata_map_exists(context: &NodeContext) -> bool {
+    context
+        .replicas
+        .get(&META_SHARD)
+        .is_some_and(|meta| meta.state.read().ledger.meta().cluster.exists())
 }
 
 /// `POST /internal/shards/{shard}/membership`: one step of a replica move, on the shard's

@@ -25,6 +25,8 @@ use anyhow::{anyhow, bail, Context as _};
 use ledger_api::{ClusterResponse, ShardInfo};
 use ledger_client::{ClientOptions, LedgerClient};
 
+pub mod load;
+
 pub type NodeId = u64;
 pub type ShardId = u32;
 
@@ -93,6 +95,20 @@ impl TestCluster {
     /// Writes the configs of `node_count` nodes (ids 1..=node_count, every shard replicated
     /// `min(3, node_count)` times) and starts every node. Does not wait for anything.
     pub fn start(test_name: &str, node_count: usize, shard_count: u32) -> anyhow::Result<Self> {
+        TestCluster::start_formation(test_name, node_count, node_count, shard_count)
+    }
+
+    /// Writes the configs of `node_count` node slots and starts the first `formation` of them,
+    /// which form the cluster (their configs list only them; the others' configs list every
+    /// node, as an operator's edited config would). Replication `min(3, formation)`. The other
+    /// slots are started later with [`TestCluster::spawn`] and declared with
+    /// [`TestCluster::apply`].
+    pub fn start_formation(
+        test_name: &str,
+        node_count: usize,
+        formation: usize,
+        shard_count: u32,
+    ) -> anyhow::Result<Self> {
         let directory = tempfile::Builder::new()
             .prefix(&format!("{test_name}-"))
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -105,14 +121,19 @@ impl TestCluster {
                 (http, raft)
             })
             .collect();
-        let replication = node_count.min(3);
+        let replication = formation.min(3);
         let mut nodes = Vec::with_capacity(node_count);
         for (index, (http_addr, raft_addr)) in addresses.iter().enumerate() {
             let id = index as NodeId + 1;
             let config_path = directory.path().join(format!("node{id}.toml"));
             let data_dir = directory.path().join(format!("data/node{id}"));
             let log_path = directory.path().join(format!("node{id}.log"));
-            let config = node_config(id, &data_dir, &addresses, shard_count, replication);
+            let listed = if index < formation {
+                &addresses[..formation]
+            } else {
+                &addresses[..]
+            };
+            let config = node_config(id, &data_dir, listed, shard_count, replication);
             std::fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
             nodes.push(TestNode {
@@ -142,11 +163,11 @@ impl TestCluster {
             admin,
             passed: false,
         };
-        for id in cluster.node_ids() {
+        for id in 1..=formation as NodeId {
             cluster.spawn(id)?;
         }
         eprintln!(
-            "cluster of {node_count} node(s) in {}",
+            "cluster of {formation} of {node_count} node(s) in {}",
             cluster.directory.path().display()
         );
         Ok(cluster)
@@ -395,6 +416,69 @@ impl TestCluster {
                 }
                 Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
             }
+        }
+    }
+
+    /// `POST /admin/cluster/apply` with the nodes `ids` (through any running node): the node set
+    /// the cluster should move to. Returns the map version.
+    pub async fn apply(&self, ids: &[NodeId]) -> anyhow::Result<u64> {
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                let node = self.node(*id);
+                ledger_api::NodeInfo {
+                    id: *id,
+                    http_addr: node.http_addr.to_string(),
+                    raft_addr: node.raft_addr.to_string(),
+                }
+            })
+            .collect::<Vec<_>>();
+        // The metadata group may still be electing its first leader: 503s are retried, as the
+        // contract asks of clients.
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let mut last_error = None;
+            for id in self.running_node_ids() {
+                match self
+                    .admin
+                    .apply_cluster(&self.node(id).url(), nodes.clone())
+                    .await
+                {
+                    Ok(answer) => return Ok(answer.version),
+                    Err(error @ ledger_client::ClientError::Unavailable { .. }) => {
+                        last_error = Some(error)
+                    }
+                    Err(error) => bail!("cluster apply refused: {error}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("no node took the cluster apply within {STARTUP_TIMEOUT:?}: {last_error:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits (bounded by `timeout`) for node `id` to exit by itself (e.g. once the cluster
+    /// removed it) and returns its exit status.
+    pub async fn wait_for_own_exit(
+        &mut self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> anyhow::Result<ExitStatus> {
+        let node = &mut self.nodes[node_index(id)];
+        let Some(process) = node.process.as_mut() else {
+            bail!("node {id} is not running");
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = process.try_wait().context("polling a ledgerd process")? {
+                node.process = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("node {id} did not exit by itself within {timeout:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
