@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs a 3-node ledger cluster on loopback: nodes 1..3 serve HTTP on 127.0.0.1:7001..7003 and
-# Raft on 127.0.0.1:7101..7103, with data in cluster/data/ and logs in cluster/logs/.
+# Runs a ledger cluster on loopback: node N (one per cluster/nodeN.toml) serves HTTP on
+# 127.0.0.1:700N and Raft on 127.0.0.1:710N, with data in cluster/data/ and logs in
+# cluster/logs/. Nodes 1..3 form the cluster; nodes 4 and 5 join it and receive replicas once
+# cluster/cluster.toml declares them (`ledgerctl cluster apply cluster/cluster.toml`).
 #
 #   cluster.sh start [NODE]     build ledgerd if missing, start all nodes (or one), wait for
 #                               /health and for a leader of every shard
@@ -25,7 +27,10 @@ LOG_DIR="$CLUSTER_DIR/logs"
 PID_DIR="$CLUSTER_DIR/run"
 START_TIMEOUT_SECONDS="${START_TIMEOUT_SECONDS:-60}"
 STOP_TIMEOUT_SECONDS="${STOP_TIMEOUT_SECONDS:-20}"
-ALL_NODES=(1 2 3)
+# Every node with a config here: node1..3 form the cluster; node4 and node5 (configs listing all
+# five) join it and hold replicas once declared in cluster.toml (README, operator guide).
+mapfile -t ALL_NODES < <(find "$CLUSTER_DIR" -maxdepth 1 -name 'node*.toml' -printf '%f\n' |
+    sed 's/^node\([0-9]*\)\.toml$/\1/' | sort -n)
 
 die() {
     echo "cluster.sh: $*" >&2
@@ -33,7 +38,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -43,10 +48,9 @@ nodes_of() {
         echo "${ALL_NODES[@]}"
         return
     fi
-    case "$1" in
-        1 | 2 | 3) echo "$1" ;;
-        *) die "unknown node '$1' (expected 1, 2 or 3)" ;;
-    esac
+    [[ "$1" =~ ^[0-9]+$ && -f "$(config_of "$1")" ]] ||
+        die "unknown node '$1' (expected one of: ${ALL_NODES[*]})"
+    echo "$1"
 }
 
 config_of() { echo "$CLUSTER_DIR/node$1.toml"; }
@@ -166,7 +170,8 @@ while True:
         for url in urls:
             with urllib.request.urlopen(url + "/admin/cluster", timeout=3) as answer:
                 for shard in json.load(answer)["shards"]:
-                    leaders.setdefault(shard["shard_id"], set()).add(shard["leader"])
+                    if shard["digest"]:  # only the nodes that host a replica know its leader
+                        leaders.setdefault(shard["shard_id"], set()).add(shard["leader"])
         pending = sorted(s for s, seen in leaders.items() if len(seen) != 1 or None in seen)
         if pending:
             problem = f"shards without an agreed leader: {pending}"

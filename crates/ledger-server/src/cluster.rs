@@ -90,6 +90,8 @@ impl NodeRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     pub node_id: NodeId,
+    /// The node ids its config lists: nodes only form a cluster together when they agree on it.
+    pub config_nodes: Vec<NodeId>,
     pub record: Option<NodeRecord>,
     pub map: ClusterMap,
 }
@@ -343,9 +345,11 @@ async fn round(context: &NodeContext) -> Result<(), NodeError> {
 }
 
 /// First start with peers: asks every configured peer about itself. Forms the cluster with the
-/// configured nodes when every peer answers that it has formed or joined nothing; joins when a
-/// peer belongs to a cluster this node did not form; waits otherwise (a peer is not up yet).
-/// Returns whether the node now has a record.
+/// configured nodes when every peer answers that it has formed or joined nothing and lists the
+/// same nodes; joins when a peer belongs to a cluster this node did not form; waits otherwise (a
+/// peer is not up yet, or its config lists other nodes: two different formations must never
+/// both start, so a node whose config already names future nodes waits for the others to form
+/// the cluster, then joins it). Returns whether the node now has a record.
 async fn decide_membership(context: &NodeContext) -> Result<bool, NodeError> {
     let me = context.node_id();
     let peers: Vec<(NodeId, String)> = context
@@ -362,12 +366,16 @@ async fn decide_membership(context: &NodeContext) -> Result<bool, NodeError> {
             .map(|(id, address)| ask_peer(context, *id, address)),
     )
     .await;
-    let mut all_answered = true;
+    let mut all_agree = true;
+    let config_nodes = context.config.node_ids();
     for answer in &answers {
         let Some(identity) = answer else {
-            all_answered = false;
+            all_agree = false;
             continue;
         };
+        if identity.config_nodes != config_nodes {
+            all_agree = false;
+        }
         match &identity.record {
             Some(NodeRecord::Formation { nodes, .. }) if nodes.contains(&me) => {
                 // A peer formed the cluster with this node: form with the same node set.
@@ -383,11 +391,14 @@ async fn decide_membership(context: &NodeContext) -> Result<bool, NodeError> {
             None => {}
         }
     }
-    if all_answered {
-        form(context, context.config.node_ids()).await?;
+    if all_agree {
+        form(context, config_nodes).await?;
         return Ok(true);
     }
-    tracing::info!("waiting for every configured peer to answer before forming the cluster");
+    tracing::info!(
+        "waiting for every configured peer to answer with the same node list before forming \
+         the cluster (or for a formed cluster to join)"
+    );
     Ok(false)
 }
 

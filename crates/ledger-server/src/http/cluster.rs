@@ -166,6 +166,7 @@ fn moves_remaining(map: &ClusterMap) -> u64 {
 pub async fn identity(State(context): Context) -> Response {
     Json(ClusterIdentity {
         node_id: context.node_id(),
+        config_nodes: context.config.node_ids(),
         record: context.cluster.record(),
         map: (*context.cluster.map()).clone(),
     })

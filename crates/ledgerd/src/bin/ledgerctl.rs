@@ -4,16 +4,29 @@
 //!   whether the replicas of a shard agree (same digest at the same applied index).
 //! - `ledgerctl shards`: the shard map (members and leader of each shard).
 //! - `ledgerctl backup NAME`: a RocksDB checkpoint on every node, under its data directory.
+//! - `ledgerctl cluster apply FILE`: declare the node set of a cluster config file (the
+//!   `[cluster] nodes` of a node config); the cluster then moves replicas by itself.
+//! - `ledgerctl cluster status [--wait]`: the cluster map: declared nodes, the move under way
+//!   with a progress bar, moves remaining; `--wait` follows it until nothing is left to move.
 //!
-//! It talks to the nodes' HTTP API only (`GET /admin/cluster`, `POST /admin/backups`), starting
-//! from `--node` and reaching every node that node's configuration lists.
+//! It talks to the nodes' HTTP API only (`GET /admin/cluster`, `POST /admin/backups`,
+//! `POST /admin/cluster/apply`), starting from `--node` and reaching every node of the cluster
+//! map (or of that node's configuration before the map is known).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use ledger_api::ClusterResponse;
+use ledger_api::{ClusterResponse, NodeInfo};
 use ledger_client::{ClientOptions, LedgerClient};
+use serde::Deserialize;
+
+/// How often `--wait` polls the cluster.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+/// How long `--wait` follows the moves at most.
+const WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
 #[derive(Parser, Debug)]
 #[command(name = "ledgerctl", version, about = "Credit Ledger operations")]
@@ -35,6 +48,29 @@ enum Command {
     Backup {
         /// The backup's name (an identifier; the directory name on every node).
         name: String,
+    },
+    /// Cluster membership: declare the node set, follow the replica moves.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Declare the nodes listed in FILE's `[cluster] nodes` (a node config file, as operators
+    /// edit it): new nodes receive replicas, nodes left out are drained, then removed.
+    Apply {
+        file: PathBuf,
+        /// Then follow the moves until the cluster is where FILE says.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The cluster map: declared nodes, the move under way, moves remaining.
+    Status {
+        /// Follow the moves until none is left.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -64,6 +100,171 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backup { name } => backup(&client, &node_urls, &name).await,
+        Command::Cluster {
+            action: ClusterAction::Apply { file, wait },
+        } => {
+            let nodes = declared_nodes(&file)?;
+            let ids: Vec<u64> = nodes.iter().map(|node| node.id).collect();
+            let answer = client.apply_cluster(&arguments.node, nodes).await?;
+            println!(
+                "declared nodes {ids:?}: cluster map version {}{}",
+                answer.version,
+                if answer.changed {
+                    ""
+                } else {
+                    " (already declared)"
+                }
+            );
+            cluster_status(&client, &arguments.node, wait).await
+        }
+        Command::Cluster {
+            action: ClusterAction::Status { wait },
+        } => cluster_status(&client, &arguments.node, wait).await,
+    }
+}
+
+/// The `[cluster] nodes` of a TOML file: a node's config file, or a file with only that table.
+#[derive(Deserialize)]
+struct ClusterFile {
+    cluster: ClusterTable,
+}
+
+#[derive(Deserialize)]
+struct ClusterTable {
+    nodes: Vec<NodeInfo>,
+}
+
+fn declared_nodes(file: &std::path::Path) -> anyhow::Result<Vec<NodeInfo>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the cluster config {}", file.display()))?;
+    let parsed: ClusterFile = toml::from_str(&text)
+        .with_context(|| format!("{}: expected a [cluster] table with nodes", file.display()))?;
+    Ok(parsed.cluster.nodes)
+}
+
+/// Prints the cluster map as the metadata leader knows it (it reports the progress of the move
+/// under way); with `wait`, again at every change until no move is left.
+async fn cluster_status(client: &LedgerClient, node: &str, wait: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    let mut last = String::new();
+    loop {
+        let view = client.cluster(node).await?;
+        // The metadata group's leader runs the controller and knows the move's progress.
+        let leader_view = match view
+            .map
+            .as_ref()
+            .and_then(|map| map.metadata_group.leader)
+            .and_then(|leader| view.nodes.iter().find(|info| info.id == leader))
+        {
+            Some(leader) => client
+                .cluster(&format!("http://{}", leader.http_addr))
+                .await
+                .unwrap_or(view),
+            None => view,
+        };
+        let text = cluster_report(&leader_view);
+        if text != last {
+            print!("{text}");
+            last = text;
+        }
+        let remaining = leader_view
+            .map
+            .as_ref()
+            .map_or(1, |map| map.moves_remaining);
+        if !wait || remaining == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("moves still under way after {WAIT_LIMIT:?}");
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// The map, the move under way with a progress bar, and the replicas per node.
+fn cluster_report(view: &ClusterResponse) -> String {
+    let Some(map) = &view.map else {
+        return format!(
+            "node {} does not know the cluster map yet (the cluster is forming)\n",
+            view.node_id
+        );
+    };
+    let mut text = format!(
+        "cluster map v{}: nodes {:?}{}; metadata group on {:?} (leader {})\n",
+        map.version,
+        map.desired,
+        if map.removed.is_empty() {
+            String::new()
+        } else {
+            format!(", removed {:?}", map.removed)
+        },
+        map.metadata_group.members,
+        map.metadata_group
+            .leader
+            .map_or_else(|| "none".to_owned(), |leader| leader.to_string())
+    );
+    match &map.moving {
+        Some(step) => {
+            let shard = if step.shard_id == map.metadata_group.shard_id {
+                "metadata group".to_owned()
+            } else {
+                format!("shard {}", step.shard_id)
+            };
+            let describe = |node: Option<u64>| {
+                node.map_or_else(|| "-".to_owned(), |node| format!("node {node}"))
+            };
+            text.push_str(&format!(
+                "moving {shard}: add {}, remove {}  {}\n",
+                describe(step.add),
+                describe(step.remove),
+                progress_bar(step.caught_up_to, step.leader_last_index)
+            ));
+        }
+        None if map.moves_remaining == 0 => {
+            text.push_str("no move left: the cluster is as declared\n")
+        }
+        None => {}
+    }
+    if map.moves_remaining > 0 {
+        text.push_str(&format!("moves remaining: {}\n", map.moves_remaining));
+    }
+    text
+}
+
+/// `[#########...........] 45% (900/2000 entries)`, or what is not known yet.
+fn progress_bar(caught_up_to: Option<u64>, leader_last_index: Option<u64>) -> String {
+    const WIDTH: u64 = 20;
+    match (caught_up_to, leader_last_index) {
+        (Some(done), Some(total)) if total > 0 => {
+            let done = done.min(total);
+            let filled = done * WIDTH / total;
+            format!(
+                "[{}{}] {}% ({done}/{total} entries)",
+                "#".repeat(filled as usize),
+                ".".repeat((WIDTH - filled) as usize),
+                done * 100 / total
+            )
+        }
+        _ => "(new replica starting)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn progress_bar_shows_the_caught_up_share() {
+        assert_eq!(
+            progress_bar(Some(900), Some(2000)),
+            "[#########...........] 45% (900/2000 entries)"
+        );
+        assert_eq!(
+            progress_bar(Some(2100), Some(2000)),
+            "[####################] 100% (2000/2000 entries)"
+        );
+        assert_eq!(progress_bar(None, Some(10)), "(new replica starting)");
+        assert_eq!(progress_bar(Some(0), Some(0)), "(new replica starting)");
     }
 }
 
