@@ -427,7 +427,7 @@ async fn refresh_map(context: &NodeContext) {
         // A metadata replica that is being moved away stops receiving entries once the group
         // no longer counts it, so its copy can stop short of the settled map that lets it go:
         // ask a peer now and then too.
-        if context.cluster.map().exists() && round % PEER_REFRESH_EVERY != 0 {
+        if context.cluster.map().exists() && !round.is_multiple_of(PEER_REFRESH_EVERY) {
             return;
         }
     }

@@ -249,25 +249,6 @@ fn progress_bar(caught_up_to: Option<u64>, leader_last_index: Option<u64>) -> St
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::progress_bar;
-
-    #[test]
-    fn progress_bar_shows_the_caught_up_share() {
-        assert_eq!(
-            progress_bar(Some(900), Some(2000)),
-            "[#########...........] 45% (900/2000 entries)"
-        );
-        assert_eq!(
-            progress_bar(Some(2100), Some(2000)),
-            "[####################] 100% (2000/2000 entries)"
-        );
-        assert_eq!(progress_bar(None, Some(10)), "(new replica starting)");
-        assert_eq!(progress_bar(Some(0), Some(0)), "(new replica starting)");
-    }
-}
-
 /// One line per shard: members and the leader as `node` sees it.
 fn shard_map(view: &ClusterResponse) -> String {
     let mut text = format!(
@@ -406,4 +387,23 @@ async fn backup(
         bail!("{failures} node(s) not backed up");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn progress_bar_shows_the_caught_up_share() {
+        assert_eq!(
+            progress_bar(Some(900), Some(2000)),
+            "[#########...........] 45% (900/2000 entries)"
+        );
+        assert_eq!(
+            progress_bar(Some(2100), Some(2000)),
+            "[####################] 100% (2000/2000 entries)"
+        );
+        assert_eq!(progress_bar(None, Some(10)), "(new replica starting)");
+        assert_eq!(progress_bar(Some(0), Some(0)), "(new replica starting)");
+    }
 }
