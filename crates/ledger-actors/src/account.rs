@@ -47,7 +47,8 @@ impl Default for ActorLimits {
 /// different accounts does not contend on one lock.
 const STRIPE_COUNT: usize = 64;
 
-type Stripe = Mutex<HashMap<String, Addr<AccountActor>>>;
+/// Each live actor with the proposer it feeds.
+type Stripe = Mutex<HashMap<String, (Addr<AccountActor>, ProposerHandle)>>;
 
 struct Registry {
     stripes: Vec<Stripe>,
@@ -61,7 +62,10 @@ impl Registry {
     /// Forgets `account_id` if it still maps to `address` (a newer actor may have replaced it).
     fn forget(&self, account_id: &str, address: &Addr<AccountActor>) {
         let mut stripe = self.stripe(account_id).lock();
-        if stripe.get(account_id) == Some(address) {
+        if stripe
+            .get(account_id)
+            .is_some_and(|(known, _)| known == address)
+        {
             stripe.remove(account_id);
         }
     }
@@ -133,10 +137,11 @@ impl AccountActors {
 
     fn actor_for(&self, account_id: &str, proposer: &ProposerHandle) -> Addr<AccountActor> {
         let mut stripe = self.registry.stripe(account_id).lock();
-        if let Some(address) = stripe.get(account_id) {
-            // An account never changes shard, so a live actor of the account already proposes
-            // to the right shard's proposer.
-            if address.connected() {
+        if let Some((address, actor_proposer)) = stripe.get(account_id) {
+            // An account never changes shard, but this node's replica of the shard can be
+            // dropped and opened again (replicas move), with a new proposer: an actor feeding
+            // the old one is replaced (it finishes what it has in flight, then idles out).
+            if address.connected() && actor_proposer.same_proposer(proposer) {
                 return address.clone();
             }
         }
@@ -150,7 +155,7 @@ impl AccountActors {
             registry: self.registry.clone(),
         };
         let address = AccountActor::start_in_arbiter(arbiter, move |_| actor);
-        stripe.insert(account_id.to_owned(), address.clone());
+        stripe.insert(account_id.to_owned(), (address.clone(), proposer.clone()));
         address
     }
 }

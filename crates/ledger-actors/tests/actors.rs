@@ -226,3 +226,38 @@ async fn idle_actors_are_evicted_and_recreated_on_demand() {
         }
     }
 }
+
+/// A node's replica of a shard can be dropped and opened again (replicas move), which starts a
+/// new proposer: an account's live actor must not keep feeding the stopped one. (Found by the
+/// scale-out process test: requests answered "this node is shutting down" after a replica came
+/// back to a node.)
+#[tokio::test]
+async fn an_actor_follows_a_new_proposer_of_its_shard() {
+    let runtime = ActorRuntime::start(2).expect("actor runtime starts");
+    let actors = AccountActors::new(&runtime, limits(100, Duration::from_secs(60)));
+    let (old_proposer, mut old_proposals) = manual_proposer(0, 100);
+    let mut first = submission(&actors, &old_proposer, debit("account-a", 0));
+    start_in_order(std::slice::from_mut(&mut first)).await;
+    old_proposals
+        .next()
+        .await
+        .expect("proposal")
+        .answer(Ok(accepted(1)));
+    assert_eq!(first.await, Ok(accepted(1)));
+    // The replica is dropped: its proposer stops (every handle of it is gone).
+    drop(old_proposals);
+    drop(old_proposer);
+
+    let (new_proposer, mut new_proposals) = manual_proposer(0, 100);
+    let mut second = submission(&actors, &new_proposer, debit("account-a", 1));
+    start_in_order(std::slice::from_mut(&mut second)).await;
+    // Without the fix the old actor takes the command and fails it against the stopped
+    // proposer, and nothing ever reaches the new one.
+    tokio::select! {
+        proposal = new_proposals.next() => {
+            proposal.expect("a proposal").answer(Ok(accepted(2)));
+        }
+        outcome = &mut second => panic!("decided without the new proposer: {outcome:?}"),
+    }
+    assert_eq!(second.await, Ok(accepted(2)));
+}

@@ -84,6 +84,12 @@ impl ProposerHandle {
         self.shard
     }
 
+    /// Whether both handles feed the same proposer. A shard's replica can be dropped and opened
+    /// again on a node (its replicas move), which starts a new proposer for the same shard.
+    pub fn same_proposer(&self, other: &ProposerHandle) -> bool {
+        self.sender.same_channel(&other.sender)
+    }
+
     /// Queues `command` for the next entry. Never blocks: a full queue is `Overloaded`.
     pub fn propose(&self, command: Command) -> Result<OutcomeReceiver, ProposeError> {
         let (reply, receiver) = oneshot::channel();

@@ -352,14 +352,7 @@ async fn round(context: &NodeContext) -> Result<(), NodeError> {
 /// the cluster, then joins it). Returns whether the node now has a record.
 async fn decide_membership(context: &NodeContext) -> Result<bool, NodeError> {
     let me = context.node_id();
-    let peers: Vec<(NodeId, String)> = context
-        .config
-        .cluster
-        .nodes
-        .iter()
-        .filter(|node| node.id != me)
-        .map(|node| (node.id, node.http_addr.clone()))
-        .collect();
+    let peers = configured_peers(context);
     let answers = futures::future::join_all(
         peers
             .iter()
@@ -402,6 +395,19 @@ async fn decide_membership(context: &NodeContext) -> Result<bool, NodeError> {
     Ok(false)
 }
 
+/// The other nodes of this node's config, with their HTTP addresses.
+fn configured_peers(context: &NodeContext) -> Vec<(NodeId, String)> {
+    let me = context.node_id();
+    context
+        .config
+        .cluster
+        .nodes
+        .iter()
+        .filter(|node| node.id != me)
+        .map(|node| (node.id, node.http_addr.clone()))
+        .collect()
+}
+
 async fn ask_peer(context: &NodeContext, peer: NodeId, address: &str) -> Option<ClusterIdentity> {
     let answer = context
         .forwarder
@@ -442,14 +448,7 @@ async fn refresh_map(context: &NodeContext) {
         .filter_map(|node| context.http_addr_of(node).map(|address| (node, address)))
         .collect();
     if candidates.is_empty() {
-        candidates = context
-            .config
-            .cluster
-            .nodes
-            .iter()
-            .filter(|node| node.id != me)
-            .map(|node| (node.id, node.http_addr.clone()))
-            .collect();
+        candidates = configured_peers(context);
     }
     if candidates.is_empty() {
         return;

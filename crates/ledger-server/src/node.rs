@@ -76,6 +76,18 @@ impl ShardReplica {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Whether `node` is a voter of this replica's group as this replica knows it (false for a
+    /// learner or a replica that has not received its group's membership yet).
+    pub fn is_voter(&self, node: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == node)
+    }
+
     /// The applied index and the state digest at it.
     pub fn applied_digest(&self) -> (Option<u64>, u128) {
         let state = self.state.read();

@@ -120,20 +120,8 @@ impl NodeStorage {
         &self,
         shard: ShardId,
     ) -> Result<(LogStore, StateMachineStore, SharedShardState), StorageError> {
-        if shard > SHARD_ID_MAX {
-            return Err(StorageError::ShardIdOutOfRange {
-                shard,
-                shard_id_max: SHARD_ID_MAX,
-            });
-        }
-        if !self.node.open_shards.lock().insert(shard) {
-            return Err(StorageError::ShardAlreadyOpen { shard });
-        }
         // From here on, dropping the handle (also on an error below) releases the claim.
-        let handle = Arc::new(ShardHandle {
-            node: Arc::clone(&self.node),
-            shard,
-        });
+        let handle = Arc::new(self.claim_shard(shard)?);
         let log_pointers = load_log_pointers(&handle)?;
         let shard_state = load_shard_state(&handle)?;
         let snapshot_slot = SnapshotSlot::load(&handle)?;
@@ -152,24 +140,30 @@ impl NodeStorage {
         Ok((log_store, state_machine, shared_state))
     }
 
-    /// Deletes every key of `shard` (log, vote, applied state, snapshot) in one synced write:
-    /// the replica left this node. The shard must not be open; afterwards it can be opened again
-    /// as a new, empty replica. Blocking.
-    pub fn delete_shard(&self, shard: ShardId) -> Result<(), StorageError> {
+    /// Claims `shard` for this process (one open or delete at a time); the claim ends when the
+    /// returned handle is dropped.
+    fn claim_shard(&self, shard: ShardId) -> Result<ShardHandle, StorageError> {
         if shard > SHARD_ID_MAX {
             return Err(StorageError::ShardIdOutOfRange {
                 shard,
                 shard_id_max: SHARD_ID_MAX,
             });
         }
-        // Holding the claim while deleting keeps `open_shard` out until the keys are gone.
         if !self.node.open_shards.lock().insert(shard) {
             return Err(StorageError::ShardAlreadyOpen { shard });
         }
-        let handle = ShardHandle {
+        Ok(ShardHandle {
             node: Arc::clone(&self.node),
             shard,
-        };
+        })
+    }
+
+    /// Deletes every key of `shard` (log, vote, applied state, snapshot) in one synced write:
+    /// the replica left this node. The shard must not be open; afterwards it can be opened again
+    /// as a new, empty replica. Blocking.
+    pub fn delete_shard(&self, shard: ShardId) -> Result<(), StorageError> {
+        // Holding the claim while deleting keeps `open_shard` out until the keys are gone.
+        let handle = self.claim_shard(shard)?;
         let (start, end) = shard_range(shard);
         let mut batch = WriteBatch::default();
         for family in COLUMN_FAMILIES {

@@ -524,8 +524,13 @@ async fn decide_shard_items(
     hops: u32,
 ) -> Vec<(usize, BatchDebitResult)> {
     let leader = match context.replicas.get(&shard) {
-        Some(replica) => replica.current_leader(),
-        None => routing::any_replica_node(context, shard),
+        Some(replica)
+            if replica.current_leader().is_some() || replica.is_voter(context.node_id()) =>
+        {
+            replica.current_leader()
+        }
+        // No replica here, or one being added that knows no leader yet: ask another replica.
+        _ => routing::any_replica_node(context, shard),
     };
     let no_leader = || {
         ApiError::unavailable(

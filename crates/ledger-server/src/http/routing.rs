@@ -75,6 +75,16 @@ pub async fn leader_replica(
         Some(replica) => match replica.current_leader() {
             Some(leader) if leader == context.node_id() => Ok(replica),
             Some(leader) => Err(forward(context, leader, shard, request).await),
+            // A replica being added (a learner not yet reached, or an empty one) knows no leader
+            // while the group has one: the voters know it.
+            None if !replica.is_voter(context.node_id()) => {
+                match any_replica_node(context, shard) {
+                    Some(node) if node != context.node_id() => {
+                        Err(forward(context, node, shard, request).await)
+                    }
+                    _ => Err(no_leader(shard)),
+                }
+            }
             None => Err(no_leader(shard)),
         },
         // This node holds no replica of the shard: any replica knows the leader.
@@ -85,9 +95,14 @@ pub async fn leader_replica(
     }
 }
 
-/// A node holding a replica of `shard` per the cluster map, in rotation.
+/// Another node holding a replica of `shard` per the cluster map, in rotation.
 pub fn any_replica_node(context: &NodeContext, shard: ShardId) -> Option<NodeId> {
-    let nodes = context.replica_nodes(shard);
+    let me = context.node_id();
+    let nodes: Vec<NodeId> = context
+        .replica_nodes(shard)
+        .into_iter()
+        .filter(|node| *node != me)
+        .collect();
     if nodes.is_empty() {
         return None;
     }

@@ -445,9 +445,10 @@ impl TestCluster {
                     .await
                 {
                     Ok(answer) => return Ok(answer.version),
-                    Err(error @ ledger_client::ClientError::Unavailable { .. }) => {
-                        last_error = Some(error)
-                    }
+                    Err(
+                        error @ (ledger_client::ClientError::Unavailable { .. }
+                        | ledger_client::ClientError::Api { status: 503, .. }),
+                    ) => last_error = Some(error),
                     Err(error) => bail!("cluster apply refused: {error}"),
                 }
             }
