@@ -274,12 +274,18 @@ for url in sys.argv[1:]:
     try:
         with urllib.request.urlopen(url + "/admin/cluster", timeout=3) as answer:
             view = json.load(answer)
-        views[view["node_id"]] = {shard["shard_id"]: shard for shard in view["shards"]}
+        # Only the replicas a node hosts (a digest): the others are what the cluster map says.
+        views[view["node_id"]] = {
+            shard["shard_id"]: shard for shard in view["shards"] if shard["digest"]
+        }
     except Exception as error:  # a node may die between the health check and this call
         print(f"{url}: /admin/cluster failed: {error}")
 
 nodes = sorted(views)
 shard_ids = sorted({shard_id for view in views.values() for shard_id in view})
+if not shard_ids:
+    print("no node hosts a replica yet (the cluster is forming)")
+    sys.exit(0)
 header = f"{'shard':>5}  {'leader':>6}  {'members':<9}  " + "  ".join(
     f"{'applied@' + str(node):>12}" for node in nodes
 ) + "  replicas"

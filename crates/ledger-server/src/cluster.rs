@@ -169,7 +169,7 @@ impl ClusterState {
     }
 
     /// Keeps `map` if it is newer than the one known. Returns whether it was.
-    fn install(&self, map: ClusterMap) -> bool {
+    pub(crate) fn install(&self, map: ClusterMap) -> bool {
         let mut known = self.map.write();
         if map.version > known.version {
             *known = Arc::new(map);

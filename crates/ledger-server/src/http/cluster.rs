@@ -27,6 +27,11 @@ type Context = State<Arc<NodeContext>>;
 /// `GET /admin/cluster`: this node's view. Shards it hosts report their group's leader, voters,
 /// applied index and digest; the others what the cluster map says.
 pub async fn cluster(State(context): Context) -> Response {
+    // A metadata replica here may have applied a newer map than the cluster loop cached.
+    if let Some(meta) = context.replicas.get(&META_SHARD) {
+        let applied = meta.state.read().ledger.meta().cluster.clone();
+        context.cluster.install(applied);
+    }
     let map = context.cluster.map();
     let nodes = if map.nodes.is_empty() {
         context

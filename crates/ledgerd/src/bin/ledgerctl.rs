@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use ledger_api::{ClusterResponse, NodeInfo};
-use ledger_client::{ClientOptions, LedgerClient};
+use ledger_client::{ClientError, ClientOptions, LedgerClient};
 use serde::Deserialize;
 
 /// How often `--wait` polls the cluster.
 const WAIT_POLL: Duration = Duration::from_millis(500);
+/// How long `cluster apply` retries while the cluster answers 503 (forming, electing).
+const APPLY_RETRY_LIMIT: Duration = Duration::from_secs(60);
 /// How long `--wait` follows the moves at most.
 const WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
@@ -105,7 +107,19 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let nodes = declared_nodes(&file)?;
             let ids: Vec<u64> = nodes.iter().map(|node| node.id).collect();
-            let answer = client.apply_cluster(&arguments.node, nodes).await?;
+            // A cluster that is still forming (or electing the metadata leader) answers 503;
+            // declaring the same nodes again is a replay, so retrying is safe.
+            let deadline = Instant::now() + APPLY_RETRY_LIMIT;
+            let answer =
+                loop {
+                    match client.apply_cluster(&arguments.node, nodes.clone()).await {
+                        Ok(answer) => break answer,
+                        Err(
+                            ClientError::Api { status: 503, .. } | ClientError::Unavailable { .. },
+                        ) if Instant::now() < deadline => tokio::time::sleep(WAIT_POLL).await,
+                        Err(error) => return Err(error.into()),
+                    }
+                };
             println!(
                 "declared nodes {ids:?}: cluster map version {}{}",
                 answer.version,
@@ -115,11 +129,11 @@ async fn main() -> anyhow::Result<()> {
                     " (already declared)"
                 }
             );
-            cluster_status(&client, &arguments.node, wait).await
+            cluster_status(&client, &arguments.node, wait, answer.version).await
         }
         Command::Cluster {
             action: ClusterAction::Status { wait },
-        } => cluster_status(&client, &arguments.node, wait).await,
+        } => cluster_status(&client, &arguments.node, wait, 0).await,
     }
 }
 
@@ -143,8 +157,14 @@ fn declared_nodes(file: &std::path::Path) -> anyhow::Result<Vec<NodeInfo>> {
 }
 
 /// Prints the cluster map as the metadata leader knows it (it reports the progress of the move
-/// under way); with `wait`, again at every change until no move is left.
-async fn cluster_status(client: &LedgerClient, node: &str, wait: bool) -> anyhow::Result<()> {
+/// under way), once it is at `min_version` at least (the version an apply just recorded); with
+/// `wait`, again at every change until no move is left.
+async fn cluster_status(
+    client: &LedgerClient,
+    node: &str,
+    wait: bool,
+    min_version: u64,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT_LIMIT;
     let mut last = String::new();
     loop {
@@ -162,17 +182,20 @@ async fn cluster_status(client: &LedgerClient, node: &str, wait: bool) -> anyhow
                 .unwrap_or(view),
             None => view,
         };
-        let text = cluster_report(&leader_view);
-        if text != last {
-            print!("{text}");
-            last = text;
-        }
-        let remaining = leader_view
-            .map
-            .as_ref()
-            .map_or(1, |map| map.moves_remaining);
-        if !wait || remaining == 0 {
-            return Ok(());
+        let version = leader_view.map.as_ref().map_or(0, |map| map.version);
+        if version >= min_version {
+            let text = cluster_report(&leader_view);
+            if text != last {
+                print!("{text}");
+                last = text;
+            }
+            let remaining = leader_view
+                .map
+                .as_ref()
+                .map_or(1, |map| map.moves_remaining);
+            if !wait || remaining == 0 {
+                return Ok(());
+            }
         }
         if Instant::now() >= deadline {
             bail!("moves still under way after {WAIT_LIMIT:?}");
