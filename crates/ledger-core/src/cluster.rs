@@ -460,5 +460,50 @@ pub fn next_step(map: &ClusterMap) -> Option<Step> {
         .map(|node| Step::Retire(*node))
 }
 
+/// The moves still needed to reach the declared node set, the one under way included: the
+/// planner run on a copy of `map`, each move settled as planned (no failures). For progress
+/// reports; 0 when the map is where the operator wants it.
+pub fn moves_remaining(map: &ClusterMap) -> u64 {
+    let mut planned = map.clone();
+    let mut moves = 0u64;
+    let mut step = planned.move_under_way().map(Step::Move);
+    // Bounded: the planner converges in far fewer steps (each move lowers the imbalance).
+    for _ in 0..100_000 {
+        let Some(next) = step.or_else(|| next_step(&planned)) else {
+            break;
+        };
+        let version = planned.version;
+        let applied = match next {
+            Step::Move(movement) => {
+                moves += 1;
+                let begun = planned.move_under_way().is_some()
+                    || planned
+                        .apply(&ClusterChange::BeginMove {
+                            version,
+                            step: movement,
+                        })
+                        .is_ok();
+                let replicas = movement.voters_after(&planned.shards[&movement.shard].replicas);
+                begun
+                    && planned
+                        .apply(&ClusterChange::SettleMove {
+                            version: planned.version,
+                            shard: movement.shard,
+                            replicas,
+                        })
+                        .is_ok()
+            }
+            Step::Retire(node) => planned
+                .apply(&ClusterChange::Retire { version, node })
+                .is_ok(),
+        };
+        if !applied {
+            break;
+        }
+        step = None;
+    }
+    moves
+}
+
 #[cfg(test)]
 mod tests;

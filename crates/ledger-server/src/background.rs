@@ -93,8 +93,8 @@ where
 }
 
 /// The replicas this node leads now.
-fn led_replicas(context: &NodeContext) -> Vec<ShardReplica> {
-    let mut led: Vec<ShardReplica> = context
+fn led_replicas(context: &NodeContext) -> Vec<Arc<ShardReplica>> {
+    let mut led: Vec<Arc<ShardReplica>> = context
         .replicas
         .values()
         .into_iter()

@@ -169,7 +169,7 @@ impl ClusterState {
     }
 
     /// Keeps `map` if it is newer than the one known. Returns whether it was.
-    pub(crate) fn install(&self, map: ClusterMap) -> bool {
+    fn install(&self, map: ClusterMap) -> bool {
         let mut known = self.map.write();
         if map.version > known.version {
             *known = Arc::new(map);
@@ -423,13 +423,22 @@ async fn ask_peer(context: &NodeContext, peer: NodeId, address: &str) -> Option<
     (identity.node_id == peer).then_some(identity)
 }
 
+/// Takes the map this node's metadata replica applied, if it hosts one and it is newer than the
+/// cached map. Returns whether the node hosts a metadata replica.
+pub(crate) fn install_local_map(context: &NodeContext) -> bool {
+    let Some(meta) = context.replicas.get(&META_SHARD) else {
+        return false;
+    };
+    let applied = meta.state.read().ledger.meta().cluster.clone();
+    context.cluster.install(applied);
+    true
+}
+
 /// Learns the newest map: from this node's metadata replica when it has one, else from a node
 /// that has one (the map's metadata replicas, or the configured peers before the map is known).
 async fn refresh_map(context: &NodeContext) {
     let round = context.cluster.rounds.fetch_add(1, Ordering::Relaxed);
-    if let Some(meta) = context.replicas.get(&META_SHARD) {
-        let local = meta.state.read().ledger.meta().cluster.clone();
-        context.cluster.install(local);
+    if install_local_map(context) {
         // A metadata replica that is being moved away stops receiving entries once the group
         // no longer counts it, so its copy can stop short of the settled map that lets it go:
         // ask a peer now and then too.

@@ -56,8 +56,7 @@ pub struct NodeTuning {
 /// A state digest and the applied log id it was computed at.
 type AppliedDigest = (Option<LedgerLogId>, u128);
 
-/// One shard replica hosted by this node.
-#[derive(Clone)]
+/// One shard replica hosted by this node (shared as an `Arc` by the handlers that use it).
 pub struct ShardReplica {
     pub shard: ShardId,
     pub raft: LedgerRaft,
@@ -67,7 +66,7 @@ pub struct ShardReplica {
     /// The last digest computed, with the applied log id it belongs to: the state changes only
     /// with `last_applied`, and a digest is O(state), so `GET /admin/cluster` (polled by tools)
     /// recomputes it only when the shard moved.
-    digest: Arc<parking_lot::Mutex<Option<AppliedDigest>>>,
+    digest: parking_lot::Mutex<Option<AppliedDigest>>,
 }
 
 impl ShardReplica {
@@ -108,12 +107,12 @@ impl ShardReplica {
 /// a handler takes a (cheap) clone of the one it needs.
 #[derive(Default)]
 pub struct ReplicaSet {
-    replicas: parking_lot::RwLock<BTreeMap<ShardId, ShardReplica>>,
+    replicas: parking_lot::RwLock<BTreeMap<ShardId, Arc<ShardReplica>>>,
 }
 
 impl ReplicaSet {
     /// The replica of `shard` (or of the metadata group), if this node hosts one.
-    pub fn get(&self, shard: &ShardId) -> Option<ShardReplica> {
+    pub fn get(&self, shard: &ShardId) -> Option<Arc<ShardReplica>> {
         self.replicas.read().get(shard).cloned()
     }
 
@@ -122,7 +121,7 @@ impl ReplicaSet {
     }
 
     /// The replicas of ledger shards (not the metadata group), in shard order.
-    pub fn values(&self) -> Vec<ShardReplica> {
+    pub fn values(&self) -> Vec<Arc<ShardReplica>> {
         self.replicas
             .read()
             .values()
@@ -132,7 +131,7 @@ impl ReplicaSet {
     }
 
     /// Every replica, the metadata group's included, in shard order.
-    pub fn all(&self) -> Vec<ShardReplica> {
+    pub fn all(&self) -> Vec<Arc<ShardReplica>> {
         self.replicas.read().values().cloned().collect()
     }
 
@@ -143,18 +142,22 @@ impl ReplicaSet {
 
     /// Number of ledger shard replicas hosted.
     pub fn len(&self) -> usize {
-        self.values().len()
+        self.replicas
+            .read()
+            .keys()
+            .filter(|shard| **shard != META_SHARD)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn insert(&self, replica: ShardReplica) {
+    fn insert(&self, replica: Arc<ShardReplica>) {
         self.replicas.write().insert(replica.shard, replica);
     }
 
-    fn remove(&self, shard: ShardId) -> Option<ShardReplica> {
+    fn remove(&self, shard: ShardId) -> Option<Arc<ShardReplica>> {
         self.replicas.write().remove(&shard)
     }
 }
@@ -207,7 +210,7 @@ impl NodeContext {
     /// Opens this node's replica of `shard` (or of the metadata group) and starts its Raft
     /// group, unless it is open already. The group starts uninitialized when its storage is
     /// empty: the leader brings it up to date (log or snapshot) once it is a learner.
-    pub async fn open_replica(&self, shard: ShardId) -> Result<ShardReplica, NodeError> {
+    pub async fn open_replica(&self, shard: ShardId) -> Result<Arc<ShardReplica>, NodeError> {
         let _serialized = self.replica_changes.lock().await;
         if let Some(replica) = self.replicas.get(&shard) {
             return Ok(replica);
@@ -237,15 +240,15 @@ impl NodeContext {
         })?;
         self.registry.register(shard, raft.clone());
         let proposer = spawn_proposer(shard, raft.clone(), self.tuning.proposer);
-        let replica = ShardReplica {
-            digest: Arc::default(),
+        let replica = Arc::new(ShardReplica {
+            digest: parking_lot::Mutex::default(),
             shard,
             reads: ReadBatcher::new(shard, raft.clone()),
             raft,
             proposer,
             state,
-        };
-        self.replicas.insert(replica.clone());
+        });
+        self.replicas.insert(Arc::clone(&replica));
         tracing::info!(shard, "replica opened");
         Ok(replica)
     }

@@ -13,7 +13,7 @@ use ledger_api::{
     codes, ApplyClusterRequest, ApplyClusterResponse, ClusterMapInfo, ClusterResponse, MoveInfo,
     NodeInfo, ShardInfo,
 };
-use ledger_core::cluster::{next_step, ClusterChange, ClusterMap, Step, META_SHARD};
+use ledger_core::cluster::{moves_remaining, ClusterChange, ClusterMap, META_SHARD};
 use ledger_core::{Accepted, Command, Rejection};
 use ledger_raft::ShardId;
 
@@ -28,10 +28,7 @@ type Context = State<Arc<NodeContext>>;
 /// applied index and digest; the others what the cluster map says.
 pub async fn cluster(State(context): Context) -> Response {
     // A metadata replica here may have applied a newer map than the cluster loop cached.
-    if let Some(meta) = context.replicas.get(&META_SHARD) {
-        let applied = meta.state.read().ledger.meta().cluster.clone();
-        context.cluster.install(applied);
-    }
+    crate::cluster::install_local_map(&context);
     let map = context.cluster.map();
     let nodes = if map.nodes.is_empty() {
         context
@@ -117,53 +114,6 @@ fn map_info(context: &NodeContext, map: &ClusterMap) -> ClusterMapInfo {
         moving,
         moves_remaining: moves_remaining(map),
     }
-}
-
-/// The moves the planner would still make from `map` (the one under way included), by running
-/// it on a copy without failures.
-fn moves_remaining(map: &ClusterMap) -> u64 {
-    let mut planned = map.clone();
-    let mut moves = 0u64;
-    if let Some(step) = planned.move_under_way() {
-        moves += 1;
-        let replicas = step.voters_after(&planned.shards[&step.shard].replicas);
-        let version = planned.version;
-        let settle = ClusterChange::SettleMove {
-            version,
-            shard: step.shard,
-            replicas,
-        };
-        if planned.apply(&settle).is_err() {
-            return moves;
-        }
-    }
-    // Bounded: the planner converges in far fewer steps than this.
-    for _ in 0..10_000 {
-        let version = planned.version;
-        let change = match next_step(&planned) {
-            Some(Step::Move(step)) => {
-                moves += 1;
-                let replicas = step.voters_after(&planned.shards[&step.shard].replicas);
-                if planned
-                    .apply(&ClusterChange::BeginMove { version, step })
-                    .is_err()
-                {
-                    break;
-                }
-                ClusterChange::SettleMove {
-                    version: version + 1,
-                    shard: step.shard,
-                    replicas,
-                }
-            }
-            Some(Step::Retire(node)) => ClusterChange::Retire { version, node },
-            None => break,
-        };
-        if planned.apply(&change).is_err() {
-            break;
-        }
-    }
-    moves
 }
 
 /// `GET /internal/cluster`: who this node is, what it decided about its membership, and the

@@ -523,26 +523,14 @@ async fn decide_shard_items(
     items: Vec<BatchItem>,
     hops: u32,
 ) -> Vec<(usize, BatchDebitResult)> {
-    let leader = match context.replicas.get(&shard) {
-        Some(replica)
-            if replica.current_leader().is_some() || replica.is_voter(context.node_id()) =>
-        {
-            replica.current_leader()
-        }
-        // No replica here, or one being added that knows no leader yet: ask another replica.
-        _ => routing::any_replica_node(context, shard),
-    };
     let no_leader = || {
         ApiError::unavailable(
             codes::NO_LEADER,
             format!("shard {shard} has no leader right now; retry with the same key"),
         )
     };
-    match leader {
-        Some(leader) if leader == context.node_id() => {
-            let Some(replica) = context.replicas.get(&shard) else {
-                return fail_items(&items, &no_leader());
-            };
+    match routing::route(context, shard) {
+        routing::Route::Here(replica) => {
             let replica = &replica;
             let submissions = items.into_iter().map(|item| async move {
                 let (account_id, key) = match &item.command {
@@ -583,7 +571,9 @@ async fn decide_shard_items(
             });
             futures::future::join_all(submissions).await
         }
-        Some(leader) if hops < HOPS_MAX => forward_items(context, leader, shard, items, hops).await,
+        routing::Route::Forward(node) if hops < HOPS_MAX => {
+            forward_items(context, node, shard, items, hops).await
+        }
         _ => fail_items(&items, &no_leader()),
     }
 }

@@ -2,6 +2,7 @@
 //! the leader's HTTP address; 503 with `Retry-After` when the shard has no leader right now.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -64,34 +65,45 @@ fn no_leader(shard: ShardId) -> Response {
 /// that a dead replica does not take all of them.
 static NEXT_REPLICA: AtomicUsize = AtomicUsize::new(0);
 
+/// Where a request for a shard goes from this node.
+pub enum Route {
+    /// This node leads the shard.
+    Here(Arc<ShardReplica>),
+    /// To this node: the leader, or a replica that knows it.
+    Forward(NodeId),
+    /// Nobody to ask right now (an election): 503.
+    NoLeader,
+}
+
+/// The one routing decision, shared by single requests and batch sub-batches.
+pub fn route(context: &NodeContext, shard: ShardId) -> Route {
+    let me = context.node_id();
+    match context.replicas.get(&shard) {
+        Some(replica) => match replica.current_leader() {
+            Some(leader) if leader == me => Route::Here(replica),
+            Some(leader) => Route::Forward(leader),
+            // A voter that knows no leader: an election is under way.
+            None if replica.is_voter(me) => Route::NoLeader,
+            // A replica being added (a learner not yet reached, or an empty one) knows no leader
+            // while the group has one: the voters know it.
+            None => any_replica_node(context, shard).map_or(Route::NoLeader, Route::Forward),
+        },
+        // This node holds no replica of the shard: any replica knows the leader.
+        None => any_replica_node(context, shard).map_or(Route::NoLeader, Route::Forward),
+    }
+}
+
 /// The replica of `shard` on this node, if this node currently leads it; otherwise the answer to
 /// give (forwarded, or 503).
 pub async fn leader_replica(
     context: &NodeContext,
     shard: ShardId,
     request: &Forwardable,
-) -> Result<ShardReplica, Response> {
-    match context.replicas.get(&shard) {
-        Some(replica) => match replica.current_leader() {
-            Some(leader) if leader == context.node_id() => Ok(replica),
-            Some(leader) => Err(forward(context, leader, shard, request).await),
-            // A replica being added (a learner not yet reached, or an empty one) knows no leader
-            // while the group has one: the voters know it.
-            None if !replica.is_voter(context.node_id()) => {
-                match any_replica_node(context, shard) {
-                    Some(node) if node != context.node_id() => {
-                        Err(forward(context, node, shard, request).await)
-                    }
-                    _ => Err(no_leader(shard)),
-                }
-            }
-            None => Err(no_leader(shard)),
-        },
-        // This node holds no replica of the shard: any replica knows the leader.
-        None => match any_replica_node(context, shard) {
-            Some(node) => Err(forward(context, node, shard, request).await),
-            None => Err(no_leader(shard)),
-        },
+) -> Result<Arc<ShardReplica>, Response> {
+    match route(context, shard) {
+        Route::Here(replica) => Ok(replica),
+        Route::Forward(node) => Err(forward(context, node, shard, request).await),
+        Route::NoLeader => Err(no_leader(shard)),
     }
 }
 
