@@ -74,6 +74,15 @@ struct Proposal {
 pub struct ProposerHandle {
     shard: ShardId,
     sender: mpsc::Sender<Proposal>,
+    /// One permit per entry that may be in flight; the proposer takes one per entry.
+    in_flight: Arc<Semaphore>,
+    in_flight_max: u32,
+}
+
+/// While it lives, the proposer proposes nothing: commands wait in its queue (see
+/// [`ProposerHandle::hold`]).
+pub struct ProposerHold {
+    _permits: Option<OwnedSemaphorePermit>,
 }
 
 /// The receiving end of one proposal.
@@ -88,6 +97,23 @@ impl ProposerHandle {
     /// again on a node (its replicas move), which starts a new proposer for the same shard.
     pub fn same_proposer(&self, other: &ProposerHandle) -> bool {
         self.sender.same_channel(&other.sender)
+    }
+
+    /// Stops the proposer once every entry in flight has been applied, until the returned hold
+    /// is dropped. Commands proposed meanwhile wait in the queue (up to its bound) and leave in
+    /// the next entry. Used to keep a group silent while its leadership is handed over.
+    pub async fn hold(&self) -> ProposerHold {
+        let permits = Arc::clone(&self.in_flight)
+            .acquire_many_owned(self.in_flight_max)
+            .await
+            .ok();
+        ProposerHold { _permits: permits }
+    }
+
+    /// How many entries could leave now: 0 while the most entries are in flight or the
+    /// proposer is held.
+    pub fn room(&self) -> usize {
+        self.in_flight.available_permits()
     }
 
     /// Queues `command` for the next entry. Never blocks: a full queue is `Overloaded`.
@@ -122,7 +148,12 @@ pub fn manual_proposer(
 ) -> (ProposerHandle, ManualProposals) {
     let (sender, receiver) = mpsc::channel(queue_length_max.max(1));
     (
-        ProposerHandle { shard, sender },
+        ProposerHandle {
+            shard,
+            sender,
+            in_flight: Arc::new(Semaphore::new(1)),
+            in_flight_max: 1,
+        },
         ManualProposals { receiver },
     )
 }
@@ -169,8 +200,17 @@ impl ManualProposals {
 /// Starts the proposer task of `shard` on the current tokio runtime.
 pub fn spawn_proposer(shard: ShardId, raft: LedgerRaft, config: ProposerConfig) -> ProposerHandle {
     let (sender, receiver) = mpsc::channel(config.queue_length_max.max(1));
-    tokio::spawn(run(shard, raft, config, receiver));
-    ProposerHandle { shard, sender }
+    let in_flight_max = config
+        .entries_in_flight_max
+        .clamp(1, Semaphore::MAX_PERMITS) as u32;
+    let in_flight = Arc::new(Semaphore::new(in_flight_max as usize));
+    tokio::spawn(run(shard, raft, config, receiver, Arc::clone(&in_flight)));
+    ProposerHandle {
+        shard,
+        sender,
+        in_flight,
+        in_flight_max,
+    }
 }
 
 async fn run(
@@ -178,20 +218,21 @@ async fn run(
     raft: LedgerRaft,
     config: ProposerConfig,
     mut receiver: mpsc::Receiver<Proposal>,
+    in_flight: Arc<Semaphore>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(config.entries_in_flight_max.max(1)));
     let clock = MonotonicClock::default();
     let mut commands = Vec::with_capacity(config.commands_per_entry_max);
     let mut replies = Vec::with_capacity(config.commands_per_entry_max);
     loop {
-        // Wait for room first: while entries are in flight, commands accumulate in the channel
-        // and the next entry carries all of them.
+        // Take the first command, then wait for room: while entries are in flight (or the
+        // proposer is held), commands accumulate in the channel and the next entry carries all
+        // of them. An idle proposer holds no permit, so `hold` never waits for a command.
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
         let permit = match in_flight.clone().acquire_owned().await {
             Ok(permit) => permit,
             Err(_) => return,
-        };
-        let Some(first) = receiver.recv().await else {
-            return;
         };
         commands.push(first.command);
         replies.push(first.reply);

@@ -19,6 +19,8 @@ mod support;
 use ledger_raft::config::GroupTiming;
 use ledger_raft::election_gate::{spawn_election_gate, GateSettings, GateStats};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
+use ledger_raft::proposer::{spawn_proposer, ProposeError, ProposerConfig};
+use ledger_raft::transfer::{campaign, transfer_leadership, TransferError, TransferSettings};
 use ledger_raft::{
     BatchOutcome, Entry, LedgerBatch, LedgerLogId, LedgerMembership, LedgerNode, LedgerRaft,
     NodeId, ShardId, TypeConfig,
@@ -719,4 +721,153 @@ async fn a_majority_replaces_a_cut_off_leader_through_the_gate() {
     assert_ne!(rejoined.state, openraft::ServerState::Leader);
     let applied = nodes[leader].machine(SHARD).image().applied_batches;
     assert_eq!(applied, vec![100, 101, 300, 301]);
+}
+
+/// Leadership moves to the chosen voter in one election (term + 1) and nothing written before
+/// is lost; a command proposed while the hand-over holds the proposer waits, and is then
+/// answered (`NotLeader` naming the new leader: it never reached the old group's log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_chosen_voter_in_one_election() {
+    const SHARD: ShardId = 5;
+    let (nodes, _gates, leader) = gated_cluster(SHARD).await;
+    let old_leader = nodes[leader].raft(SHARD).clone();
+    let last_before = write_batches(&old_leader, 100, 3).await;
+    let term = term_of(&old_leader);
+    let target = &nodes[(leader + 1) % nodes.len()];
+    let target_raft = target.raft(SHARD).clone();
+    let proposer = spawn_proposer(SHARD, old_leader.clone(), ProposerConfig::default());
+    let old_leader_id = nodes[leader].id;
+
+    let transfer = tokio::spawn({
+        let old_leader = old_leader.clone();
+        let proposer = proposer.clone();
+        let target_raft = target_raft.clone();
+        let target_id = target.id;
+        async move {
+            transfer_leadership(
+                &old_leader,
+                Some(&proposer),
+                target_id,
+                TransferSettings::from_timing(&GATED_TIMING),
+                || async move {
+                    campaign(&target_raft, old_leader_id)
+                        .await
+                        .map_err(|error| error.to_string())
+                },
+            )
+            .await
+        }
+    });
+    // Nothing else is proposed, so the proposer has no room only once the transfer holds it;
+    // a command proposed then waits behind the hold.
+    eventually("the transfer holds the proposer", || proposer.room() == 0).await;
+    let queued = proposer
+        .propose(ledger_core::Command::CreateAccount {
+            account_id: "queued".to_owned(),
+            overdraft_limit: 0,
+        })
+        .expect("the queue has room");
+
+    transfer
+        .await
+        .expect("the transfer task ends")
+        .expect("leadership moves");
+    // The old leader saw the target lead; the target's own metrics may be published a moment
+    // later.
+    let metrics = target_raft
+        .wait(Some(GENEROUS))
+        .current_leader(target.id, "the target leads")
+        .await
+        .expect("the target reports its leadership");
+    assert_eq!(metrics.current_term, term + 1, "one election, no more");
+    assert_eq!(
+        queued.await.expect("the queued command is answered"),
+        Err(ProposeError::NotLeader {
+            shard: SHARD,
+            leader: Some(target.id)
+        })
+    );
+    assert_eq!(proposer.room(), 1, "the hold is released");
+    let last_after = write_batches(&target_raft, 200, 1).await;
+    assert!(last_after > last_before);
+    for node in &nodes {
+        node.raft(SHARD)
+            .wait(Some(GENEROUS))
+            .applied_index_at_least(Some(last_after), "every replica applies the new entry")
+            .await
+            .expect("replicas follow the new leader");
+        assert_eq!(
+            node.machine(SHARD).image().applied_batches,
+            vec![100, 101, 102, 200],
+            "node {}",
+            node.id
+        );
+    }
+}
+
+/// A transfer to a node that is not a voter, asked of a follower, or whose campaign request
+/// fails changes nothing: the leader keeps its leadership and its term, and its heartbeats are
+/// back (without them the followers would elect a new leader within 1.2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_that_cannot_happen_changes_nothing() {
+    const SHARD: ShardId = 6;
+    let (nodes, _gates, leader) = gated_cluster(SHARD).await;
+    let leader_raft = nodes[leader].raft(SHARD).clone();
+    let follower = &nodes[(leader + 1) % nodes.len()];
+    let term = term_of(&leader_raft);
+    let settings = TransferSettings::from_timing(&GATED_TIMING);
+    let never = || async { Err::<(), String>("must not be asked".to_owned()) };
+
+    let to_stranger = transfer_leadership(&leader_raft, None, 9, settings, never).await;
+    assert_eq!(to_stranger, Err(TransferError::NotAVoter { node: 9 }));
+    let to_itself =
+        transfer_leadership(&leader_raft, None, nodes[leader].id, settings, never).await;
+    assert_eq!(
+        to_itself,
+        Err(TransferError::NotAVoter {
+            node: nodes[leader].id
+        })
+    );
+    assert_eq!(leader_of(follower.raft(SHARD)).await, nodes[leader].id);
+    let from_follower = transfer_leadership(
+        follower.raft(SHARD),
+        None,
+        nodes[leader].id,
+        settings,
+        never,
+    )
+    .await;
+    assert_eq!(
+        from_follower,
+        Err(TransferError::NotLeader {
+            leader: Some(nodes[leader].id)
+        })
+    );
+    // A campaign request naming another leader than the one the target follows is stale.
+    let stale = campaign(follower.raft(SHARD), 9).await;
+    assert_eq!(
+        stale,
+        Err(TransferError::NotLeader {
+            leader: Some(nodes[leader].id)
+        })
+    );
+    let unreachable = transfer_leadership(&leader_raft, None, follower.id, settings, || async {
+        Err::<(), String>("connection refused".to_owned())
+    })
+    .await;
+    assert_eq!(
+        unreachable,
+        Err(TransferError::Campaign {
+            node: follower.id,
+            message: "connection refused".to_owned()
+        })
+    );
+    // Twice the followers' lease plus election timeout: a silent leader would be replaced.
+    let deposed = leader_raft
+        .wait(Some(Duration::from_millis(2_400)))
+        .metrics(|metrics| metrics.current_term > term, "a new term")
+        .await;
+    assert!(deposed.is_err(), "the leader kept its term: {deposed:?}");
+    assert_eq!(leader_of(&leader_raft).await, nodes[leader].id);
+    write_batches(&leader_raft, 100, 1).await;
 }
