@@ -324,6 +324,34 @@ pub struct ApplyClusterResponse {
     pub changed: bool,
 }
 
+/// `POST /admin/shards/{shard}/transfer-leader`: hand the shard's leadership to its replica on
+/// node `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderRequest {
+    pub to: u64,
+}
+
+/// The answer to `POST /admin/shards/{shard}/transfer-leader`, once `leader` leads the shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderResponse {
+    pub shard_id: u32,
+    pub leader: u64,
+}
+
+/// `POST /admin/shards/{shard}/move`: move the shard's replica on node `from` to node `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveShardRequest {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The answer to `POST /admin/shards/{shard}/move`: the move is recorded in the cluster map at
+/// `version`; the controller carries it out (`GET /admin/cluster` shows it under `map.moving`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveShardResponse {
+    pub version: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: u64,
@@ -384,4 +412,5 @@ pub mod codes {
     pub const INVALID_CLUSTER_CHANGE: &str = "invalid_cluster_change";
     pub const CLUSTER_VERSION_CONFLICT: &str = "cluster_version_conflict";
     pub const NODE_REMOVED: &str = "node_removed";
+    pub const INVALID_LEADER_TRANSFER: &str = "invalid_leader_transfer";
 }

@@ -38,7 +38,9 @@ use ledger_api::{
     codes, AccountResponse, ApplyClusterRequest, ApplyClusterResponse, BackupRequest,
     BackupResponse, BatchDebitItem, BatchDebitResponse, ClusterResponse, CommitRequest,
     CreateAccountRequest, CreateGrantRequest, DebitRequest, DebitResponse, ErrorBody,
-    ErrorResponse, GrantResponse, NodeInfo, ReservationResponse, ReserveRequest, STATUS_REJECTED,
+    ErrorResponse, GrantResponse, MoveShardRequest, MoveShardResponse, NodeInfo,
+    ReservationResponse, ReserveRequest, TransferLeaderRequest, TransferLeaderResponse,
+    STATUS_REJECTED,
 };
 use reqwest::{header, Method, Url};
 use serde::de::DeserializeOwned;
@@ -460,6 +462,48 @@ impl LedgerClient {
             .await?;
         match answer.status {
             200 => decode(&answer),
+            _ => Err(api_error(&answer)),
+        }
+    }
+
+    /// `POST /admin/shards/{shard}/transfer-leader` through one node: hands the shard's
+    /// leadership to its replica on node `to`; answers once `to` leads.
+    pub async fn transfer_leader(
+        &self,
+        node_url: &str,
+        shard: u32,
+        to: u64,
+    ) -> Result<TransferLeaderResponse, ClientError> {
+        let body = serde_json::to_vec(&TransferLeaderRequest { to })
+            .map_err(|error| ClientError::Transport(format!("encoding the request: {error}")))?;
+        let path = format!("/admin/shards/{shard}/transfer-leader");
+        let answer = self
+            .call_node(node_url, Method::POST, &path, Some(body))
+            .await?;
+        match answer.status {
+            200 => decode(&answer),
+            _ => Err(api_error(&answer)),
+        }
+    }
+
+    /// `POST /admin/shards/{shard}/move` through one node: records the move of the shard's
+    /// replica from node `from` to node `to`; the cluster carries it out (see
+    /// `GET /admin/cluster`).
+    pub async fn move_shard(
+        &self,
+        node_url: &str,
+        shard: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<MoveShardResponse, ClientError> {
+        let body = serde_json::to_vec(&MoveShardRequest { from, to })
+            .map_err(|error| ClientError::Transport(format!("encoding the request: {error}")))?;
+        let path = format!("/admin/shards/{shard}/move");
+        let answer = self
+            .call_node(node_url, Method::POST, &path, Some(body))
+            .await?;
+        match answer.status {
+            202 => decode(&answer),
             _ => Err(api_error(&answer)),
         }
     }

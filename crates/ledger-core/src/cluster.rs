@@ -460,6 +460,65 @@ pub fn next_step(map: &ClusterMap) -> Option<Step> {
         .map(|node| Step::Retire(*node))
 }
 
+/// One leadership hand-over: `shard`'s leader on `from` passes leadership to its replica on `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaderTransfer {
+    pub shard: u32,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+/// The next leadership hand-over that evens out how many shards each node leads, given the
+/// leader of every shard (`leaders`; the metadata group is not counted). Pure and
+/// deterministic, like [`next_step`].
+///
+/// `None` while replicas still have to move (placement comes first), while a shard has a move
+/// under way or no known leader, or when no node leads two or more shards more than a node
+/// holding a replica of one of them. Otherwise: from the node leading the most shards (ties: the
+/// lowest id), its lowest shard that has a replica on a node leading at least two fewer, to the
+/// least leading such node. Each hand-over lowers the sum of squared leader counts, so repeated
+/// hand-overs end.
+pub fn next_leader_transfer(
+    map: &ClusterMap,
+    leaders: &BTreeMap<u32, NodeId>,
+) -> Option<LeaderTransfer> {
+    if !map.exists() || next_step(map).is_some() {
+        return None;
+    }
+    let mut led: BTreeMap<NodeId, usize> = map.desired.iter().map(|node| (*node, 0)).collect();
+    for (shard, placement) in map.shards.range(..META_SHARD) {
+        let leader = leaders.get(shard)?;
+        if placement.moving.is_some() || !placement.replicas.contains(leader) {
+            return None;
+        }
+        *led.entry(*leader).or_default() += 1;
+    }
+    let count = |node: &NodeId| led.get(node).copied().unwrap_or(0);
+    let mut by_most_led: Vec<NodeId> = led.keys().copied().collect();
+    by_most_led.sort_by_key(|node| (std::cmp::Reverse(count(node)), *node));
+    for from in by_most_led {
+        for (shard, placement) in map.shards.range(..META_SHARD) {
+            if leaders.get(shard) != Some(&from) {
+                continue;
+            }
+            let to = placement
+                .replicas
+                .iter()
+                .filter(|node| **node != from && map.desired.contains(node))
+                .filter(|node| count(node) + 2 <= count(&from))
+                .min_by_key(|node| (count(node), **node));
+            if let Some(&to) = to {
+                return Some(LeaderTransfer {
+                    shard: *shard,
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+    None
+}
+
 /// The moves still needed to reach the declared node set, the one under way included: the
 /// planner run on a copy of `map`, each move settled as planned (no failures). For progress
 /// reports; 0 when the map is where the operator wants it.

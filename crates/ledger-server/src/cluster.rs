@@ -114,7 +114,7 @@ pub struct ClusterState {
     /// Rotates the peers asked for the map.
     next_peer: AtomicUsize,
     /// Rounds of the cluster loop so far.
-    rounds: AtomicUsize,
+    pub(crate) rounds: AtomicUsize,
 }
 
 impl ClusterState {
@@ -536,6 +536,12 @@ async fn control_step(context: &NodeContext) -> bool {
     *context.cluster.progress.lock() = None;
     let version = map.version;
     match next_step(&map) {
+        None => {
+            // Placement is where the operator wants it: even out the leaders. A hand-over
+            // ends the round, like a settled move.
+            crate::leadership::balance(context, &map).await;
+            false
+        }
         Some(Step::Move(step)) => {
             tracing::info!(?step, version, "starting a replica move");
             propose(&meta, ClusterChange::BeginMove { version, step }).await
@@ -544,7 +550,6 @@ async fn control_step(context: &NodeContext) -> bool {
             tracing::info!(node, version, "retiring a drained node");
             propose(&meta, ClusterChange::Retire { version, node }).await
         }
-        None => false,
     }
 }
 
@@ -644,6 +649,7 @@ pub struct MembershipAnswer {
 /// On the shard's leader: one idempotent step of a membership change. Adds `add` as a learner,
 /// waits (across calls) until it caught up, then changes the voters with joint consensus.
 pub(crate) async fn membership_step(
+    context: &NodeContext,
     replica: &ShardReplica,
     request: &MembershipRequest,
 ) -> Result<MembershipAnswer, String> {
@@ -651,7 +657,7 @@ pub(crate) async fn membership_step(
     // leader that has not stepped down yet) would wait forever. The controller retries.
     tokio::time::timeout(
         MEMBERSHIP_STEP_TIMEOUT,
-        membership_step_unbounded(replica, request),
+        membership_step_unbounded(context, replica, request),
     )
     .await
     .unwrap_or_else(|_| {
@@ -662,6 +668,7 @@ pub(crate) async fn membership_step(
 }
 
 async fn membership_step_unbounded(
+    context: &NodeContext,
     replica: &ShardReplica,
     request: &MembershipRequest,
 ) -> Result<MembershipAnswer, String> {
@@ -717,6 +724,35 @@ async fn membership_step_unbounded(
             .saturating_sub(caught_up_to.unwrap_or(0));
         if caught_up_to.is_none() || lag > CATCH_UP_LAG_MAX {
             return Ok(in_progress(voters, caught_up_to, leader_last_index));
+        }
+    }
+    let me = metrics.id;
+    if request.remove == Some(me) {
+        // The leader's own replica leaves: hand leadership to a voter that stays first, so the
+        // shard pauses for a hand-over instead of waiting out an election after the change.
+        // The controller's next call reaches the new leader, which makes the change.
+        let successor = voters
+            .iter()
+            .filter(|node| **node != me && target.contains(node))
+            .max_by_key(|node| {
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(node).cloned().flatten())
+                    .map(|log_id| log_id.index)
+            });
+        if let Some(&successor) = successor {
+            match crate::leadership::transfer_here(context, replica, successor).await {
+                Ok(()) => return Ok(in_progress(voters, caught_up_to, leader_last_index)),
+                // Not worth blocking the move for: it goes on, and the shard elects a leader
+                // once this one has left.
+                Err(error) => tracing::info!(
+                    shard = replica.shard,
+                    successor,
+                    %error,
+                    "leadership not handed over before the leader's replica leaves"
+                ),
+            }
         }
     }
     replica

@@ -194,6 +194,11 @@ impl NodeContext {
     }
 
     /// The HTTP address of `node`: from the cluster map, else from the config.
+    /// The election timing of this node's groups.
+    pub fn timing(&self) -> GroupTiming {
+        self.tuning.timing
+    }
+
     pub fn http_addr_of(&self, node: NodeId) -> Option<String> {
         self.cluster
             .address_of(node)

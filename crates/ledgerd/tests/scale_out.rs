@@ -1,6 +1,8 @@
 //! Scale-out by cluster config, with real `ledgerd` processes under continuous debits
 //! (`common::load`): nodes 1-3 form the cluster; nodes 4 and 5 start with a config listing all
-//! five and join it; `cluster apply` of nodes 1-5 moves replicas onto them; `cluster apply` of
+//! five and join it; `cluster apply` of nodes 1-5 moves replicas onto them and the balancer
+//! spreads the leaders; an operator hands one shard's leadership over and moves one replica;
+//! `cluster apply` of
 //! nodes 2-5 drains node 1, which the cluster then removes (it exits by itself, and is refused
 //! when started again). Throughout, every client call is decided within the client's own
 //! retries, and afterwards the load's checks (exactly once, conservation, no overspend,
@@ -22,12 +24,14 @@ const SHARDS: u32 = 8;
 /// Bound of one reconfiguration (every replica move it needs) on a loaded 2-core machine.
 const RECONFIGURATION_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// Waits until the cluster map (as `observer` knows it) declares exactly `nodes` and no move is
-/// left, and every shard's group (as its replicas report it) has its voters on `nodes` only.
+/// Waits until the cluster map (as `observer` knows it) is at `min_version` or later, declares
+/// exactly `nodes` and no move is left, and every shard's group (as its replicas report it) has
+/// its voters on `nodes` only.
 async fn wait_until_settled(
     cluster: &mut TestCluster,
     observer: NodeId,
     nodes: &[NodeId],
+    min_version: u64,
 ) -> anyhow::Result<ClusterResponse> {
     let wanted: Vec<NodeId> = nodes.to_vec();
     let deadline = Instant::now() + RECONFIGURATION_TIMEOUT;
@@ -50,7 +54,10 @@ async fn wait_until_settled(
             last_report = report;
         }
         let map_settled = view.map.as_ref().is_some_and(|map| {
-            map.desired == wanted && map.moving.is_none() && map.moves_remaining == 0
+            map.version >= min_version
+                && map.desired == wanted
+                && map.moving.is_none()
+                && map.moves_remaining == 0
         });
         let groups_settled = (0..SHARDS).all(|shard| {
             views.values().all(|view| {
@@ -68,6 +75,30 @@ async fn wait_until_settled(
         }
         if Instant::now() >= deadline {
             bail!("not settled on {nodes:?} within {RECONFIGURATION_TIMEOUT:?}: {last_report}");
+        }
+        tokio::time::sleep(POLL_INTERVAL * 4).await;
+    }
+}
+
+/// Waits until the balancer has spread the shards' leaders over `nodes`: each leads one or two
+/// of the 8 shards (with every node holding 5 or 6 replicas, the balancer's end state allows
+/// nothing else). Returns the leaders per node.
+async fn wait_for_spread_leaders(
+    cluster: &mut TestCluster,
+    nodes: &[NodeId],
+) -> anyhow::Result<BTreeMap<NodeId, usize>> {
+    let deadline = Instant::now() + RECONFIGURATION_TIMEOUT;
+    loop {
+        let leaders = cluster.wait_for_leaders().await?;
+        let mut led: BTreeMap<NodeId, usize> = nodes.iter().map(|node| (*node, 0)).collect();
+        for leader in leaders.values() {
+            *led.entry(*leader).or_default() += 1;
+        }
+        if led.values().all(|count| (1..=2).contains(count)) {
+            return Ok(led);
+        }
+        if Instant::now() >= deadline {
+            bail!("leaders not spread within {RECONFIGURATION_TIMEOUT:?}: {led:?}");
         }
         tokio::time::sleep(POLL_INTERVAL * 4).await;
     }
@@ -102,8 +133,8 @@ async fn adding_two_nodes_then_removing_one_moves_replicas_online() -> anyhow::R
     cluster.spawn(4)?;
     cluster.spawn(5)?;
     cluster.wait_for_health().await?;
-    cluster.apply(&[1, 2, 3, 4, 5]).await?;
-    let view = wait_until_settled(&mut cluster, 2, &[1, 2, 3, 4, 5]).await?;
+    let version = cluster.apply(&[1, 2, 3, 4, 5]).await?;
+    let view = wait_until_settled(&mut cluster, 2, &[1, 2, 3, 4, 5], version).await?;
     let spread = replicas_per_node(&view);
     eprintln!("replicas per node after adding 4 and 5: {spread:?}");
     // 9 groups × 3 replicas over 5 nodes: 5 or 6 each.
@@ -111,11 +142,58 @@ async fn adding_two_nodes_then_removing_one_moves_replicas_online() -> anyhow::R
         spread.len() == 5 && spread.values().all(|count| (5..=6).contains(count)),
         "replicas not spread over the five nodes: {spread:?}"
     );
-    cluster.wait_for_leaders().await?;
+    let led = wait_for_spread_leaders(&mut cluster, &[1, 2, 3, 4, 5]).await?;
+    eprintln!("shards led per node after adding 4 and 5: {led:?}");
     load.phase("load after scaling out").await?;
 
+    // The operator's tools: hand a shard's leadership to another replica, move a replica.
+    let leaders = cluster.wait_for_leaders().await?;
+    let Some(view) = cluster.views().await?.remove(&2) else {
+        bail!("node 2 does not answer");
+    };
+    let Some(shard_zero) = view.shards.iter().find(|info| info.shard_id == 0).cloned() else {
+        bail!("node 2 does not report shard 0");
+    };
+    let Some(&successor) = shard_zero
+        .members
+        .iter()
+        .find(|member| Some(*member) != leaders.get(&0))
+    else {
+        bail!("shard 0 has no member besides its leader: {shard_zero:?}");
+    };
+    let admin = LedgerClient::new(vec![cluster.node(3).url()])?;
+    let answer = admin
+        .transfer_leader(&cluster.node(3).url(), 0, successor)
+        .await?;
+    ensure!(
+        answer.leader == successor,
+        "transfer-leader answered {answer:?}, wanted node {successor}"
+    );
+    // The new leader's replica moves away: it hands its leadership over first.
+    let from = successor;
+    let Some(to) = (1..=5).find(|node| !shard_zero.members.contains(node)) else {
+        bail!("shard 0 is on every node: {shard_zero:?}");
+    };
+    eprintln!("moving shard 0's replica from node {from} to node {to}");
+    let moved = admin
+        .move_shard(&cluster.node(3).url(), 0, from, to)
+        .await?;
+    let view = wait_until_settled(&mut cluster, 2, &[1, 2, 3, 4, 5], moved.version).await?;
+    let members = view
+        .shards
+        .iter()
+        .find(|info| info.shard_id == 0)
+        .map(|info| info.members.clone())
+        .unwrap_or_default();
+    ensure!(
+        members.contains(&to) && !members.contains(&from),
+        "shard 0 did not move from node {from} to node {to}: members {members:?}"
+    );
+    load.phase("load after the operator's transfer and move")
+        .await?;
+
     eprintln!("declaring nodes 2-5: node 1 is drained, then removed");
-    cluster.apply(&[2, 3, 4, 5]).await?;
+    let version = cluster.apply(&[2, 3, 4, 5]).await?;
     let status = cluster
         .wait_for_own_exit(1, RECONFIGURATION_TIMEOUT)
         .await?;
@@ -123,7 +201,7 @@ async fn adding_two_nodes_then_removing_one_moves_replicas_online() -> anyhow::R
         !status.success(),
         "a removed node exits with an error status, got {status}"
     );
-    let view = wait_until_settled(&mut cluster, 2, &[2, 3, 4, 5]).await?;
+    let view = wait_until_settled(&mut cluster, 2, &[2, 3, 4, 5], version).await?;
     let removed: BTreeSet<NodeId> = view
         .map
         .as_ref()

@@ -343,3 +343,117 @@ proptest! {
         }
     }
 }
+
+/// Hands leadership over as planned until the planner has nothing left; returns the number of
+/// hand-overs. Panics if one goes to a node without a replica of the shard.
+fn spread_leaders(map: &ClusterMap, leaders: &mut BTreeMap<u32, NodeId>) -> usize {
+    for transfers in 0..1_000 {
+        let Some(transfer) = next_leader_transfer(map, leaders) else {
+            return transfers;
+        };
+        assert_eq!(leaders.get(&transfer.shard), Some(&transfer.from));
+        assert!(
+            map.shards[&transfer.shard].replicas.contains(&transfer.to),
+            "{transfer:?}"
+        );
+        leaders.insert(transfer.shard, transfer.to);
+    }
+    panic!("leaders never settle: {leaders:?}");
+}
+
+fn leader_counts(map: &ClusterMap, leaders: &BTreeMap<u32, NodeId>) -> BTreeMap<NodeId, usize> {
+    let mut counts: BTreeMap<NodeId, usize> = map.desired.iter().map(|node| (*node, 0)).collect();
+    for leader in leaders.values() {
+        *counts.entry(*leader).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn leaders_piled_on_one_node_are_spread() {
+    let map = formed(3, 8, 3);
+    let mut leaders: BTreeMap<u32, NodeId> = (0..8).map(|shard| (shard, 1)).collect();
+    assert_eq!(
+        next_leader_transfer(&map, &leaders),
+        Some(LeaderTransfer {
+            shard: 0,
+            from: 1,
+            to: 2
+        })
+    );
+    assert_eq!(spread_leaders(&map, &mut leaders), 5);
+    let counts: Vec<usize> = leader_counts(&map, &leaders).into_values().collect();
+    assert_eq!(counts, vec![3, 3, 2]);
+}
+
+#[test]
+fn no_leader_transfer_before_placement_or_without_every_leader() {
+    let mut map = formed(3, 4, 3);
+    let all_on_one: BTreeMap<u32, NodeId> = (0..4).map(|shard| (shard, 1)).collect();
+    assert!(next_leader_transfer(&map, &all_on_one).is_some());
+
+    // A shard whose leader is not known (an election): wait.
+    let mut unknown = all_on_one.clone();
+    unknown.remove(&2);
+    assert_eq!(next_leader_transfer(&map, &unknown), None);
+
+    // A leader the map does not place there (a stale answer): wait.
+    let mut stale = all_on_one.clone();
+    stale.insert(3, 9);
+    assert_eq!(next_leader_transfer(&map, &stale), None);
+
+    // Replicas to move first: nodes 4 and 5 declared, nothing moved yet.
+    let declare = ClusterChange::Declare {
+        nodes: addresses(1..=5),
+    };
+    assert_eq!(map.apply(&declare), Ok(true));
+    assert_eq!(next_leader_transfer(&map, &all_on_one), None);
+    converge(&mut map, 100);
+    let leaders: BTreeMap<u32, NodeId> = map
+        .shards
+        .range(..META_SHARD)
+        .map(|(shard, placement)| (*shard, placement.replicas[0]))
+        .collect();
+    let mut spread = leaders.clone();
+    spread_leaders(&map, &mut spread);
+    assert_leaders_even(&map, &spread);
+}
+
+/// No shard's leader leads two or more shards more than a node holding another of its replicas.
+fn assert_leaders_even(map: &ClusterMap, leaders: &BTreeMap<u32, NodeId>) {
+    let counts = leader_counts(map, leaders);
+    for (shard, leader) in leaders {
+        for replica in &map.shards[shard].replicas {
+            assert!(
+                counts[leader] <= counts[replica] + 1,
+                "shard {shard} led by {leader}: {counts:?}"
+            );
+        }
+    }
+}
+
+proptest! {
+    /// From any settled placement and any choice of leaders, hand-overs end, each goes to a
+    /// replica of its shard, and at the end no shard's leader leads two or more shards more than another of
+    /// its replicas' nodes.
+    #[test]
+    fn leaders_settle_evenly(
+        node_count in 1u64..=6,
+        shard_count in 1u32..=24,
+        replication in 1u32..=5,
+        picks in proptest::collection::vec(0usize..5, 24),
+    ) {
+        let mut map = formed(node_count, shard_count, replication);
+        converge(&mut map, 2_000);
+        let mut leaders: BTreeMap<u32, NodeId> = map
+            .shards
+            .range(..META_SHARD)
+            .map(|(shard, placement)| {
+                let pick = picks[*shard as usize] % placement.replicas.len();
+                (*shard, placement.replicas[pick])
+            })
+            .collect();
+        spread_leaders(&map, &mut leaders);
+        assert_leaders_even(&map, &leaders);
+    }
+}

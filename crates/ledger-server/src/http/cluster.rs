@@ -225,7 +225,7 @@ async fn membership_here_or_forwarded(
         Ok(replica) => replica,
         Err(response) => return response,
     };
-    match crate::cluster::membership_step(&replica, request).await {
+    match crate::cluster::membership_step(context, &replica, request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(message) => ApiError::unavailable(codes::UNAVAILABLE, message).into_response(),
     }

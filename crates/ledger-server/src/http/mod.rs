@@ -9,6 +9,7 @@ mod handlers;
 mod openapi;
 mod parse;
 mod routing;
+mod shards;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::node::NodeContext;
 pub use cluster::shard_membership_step;
 pub use credits::{event_json, install_catalog_everywhere};
 pub use error::ApiError;
+pub use shards::shard_transfer_leader;
 
 /// Header counting how many times a request was forwarded between nodes, so that a stale view
 /// of leadership can never bounce a request around forever.
@@ -110,6 +112,13 @@ pub fn router(context: Arc<NodeContext>) -> Router {
             "/internal/shards/{shard}/membership",
             post(cluster::membership),
         )
+        .route(
+            "/admin/shards/{shard}/transfer-leader",
+            post(shards::transfer_leader),
+        )
+        .route("/admin/shards/{shard}/move", post(shards::move_shard))
+        .route("/internal/shards/{shard}/campaign", post(shards::campaign))
+        .route("/internal/leaders", get(shards::leaders))
         .route("/admin/backups", post(admin::create_backup))
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))

@@ -8,9 +8,12 @@
 //!   `[cluster] nodes` of a node config); the cluster then moves replicas by itself.
 //! - `ledgerctl cluster status [--wait]`: the cluster map: declared nodes, the move under way
 //!   with a progress bar, moves remaining; `--wait` follows it until nothing is left to move.
+//! - `ledgerctl shard transfer-leader SHARD --to NODE`: hand a shard's leadership to one of its
+//!   replicas (the shard pauses for about 1.7 s; requests wait, none fails).
+//! - `ledgerctl shard move SHARD --from NODE --to NODE [--wait]`: move one replica of a shard.
 //!
 //! It talks to the nodes' HTTP API only (`GET /admin/cluster`, `POST /admin/backups`,
-//! `POST /admin/cluster/apply`), starting from `--node` and reaching every node of the cluster
+//! `POST /admin/cluster/apply`, `POST /admin/shards/{s}/transfer-leader|move`), starting from `--node` and reaching every node of the cluster
 //! map (or of that node's configuration before the map is known).
 
 use std::collections::BTreeMap;
@@ -55,6 +58,32 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
+    },
+    /// One shard: hand its leadership over, move one of its replicas.
+    Shard {
+        #[command(subcommand)]
+        action: ShardAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardAction {
+    /// Hand SHARD's leadership to its replica on node TO; returns once TO leads.
+    TransferLeader {
+        shard: u32,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Move SHARD's replica on node FROM to node TO (added, caught up, then FROM removed).
+    Move {
+        shard: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// Then follow the move (and any rebalancing after it) until none is left.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -134,6 +163,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster {
             action: ClusterAction::Status { wait },
         } => cluster_status(&client, &arguments.node, wait, 0).await,
+        Command::Shard {
+            action: ShardAction::TransferLeader { shard, to },
+        } => {
+            let started = Instant::now();
+            let answer = client.transfer_leader(&arguments.node, shard, to).await?;
+            println!(
+                "shard {}: node {} leads ({:.1} s)",
+                answer.shard_id,
+                answer.leader,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Shard {
+            action:
+                ShardAction::Move {
+                    shard,
+                    from,
+                    to,
+                    wait,
+                },
+        } => {
+            let answer = client.move_shard(&arguments.node, shard, from, to).await?;
+            println!(
+                "shard {shard}: moving its replica from node {from} to node {to} (cluster map version {})",
+                answer.version
+            );
+            cluster_status(&client, &arguments.node, wait, answer.version).await
+        }
     }
 }
 
