@@ -110,6 +110,12 @@ pub struct Cluster {
     netns: Option<NetnsNetwork>,
     /// Two spare free ports for probes (the clock check).
     pub spare_ports: (u16, u16),
+    /// Nodes the cluster removed for good (drained by the membership nemesis, then retired):
+    /// they exit and are refused if started again, so the harness leaves them out.
+    removed: BTreeSet<NodeId>,
+    /// For the membership nemesis' calls, which wait for the cluster (a leadership hand-over
+    /// takes about 2 s).
+    operator: LedgerClient,
 }
 
 impl Cluster {
@@ -180,6 +186,14 @@ impl Cluster {
                 ..ClientOptions::default()
             },
         )?;
+        let operator = LedgerClient::with_options(
+            nodes.iter().map(NodeProcess::url).collect(),
+            ClientOptions {
+                request_timeout_ms: 15_000,
+                max_attempts: 1,
+                ..ClientOptions::default()
+            },
+        )?;
         let spare_ports = (ports[count * 3], ports[count * 3 + 1]);
         let mut cluster = Cluster {
             options,
@@ -188,6 +202,8 @@ impl Cluster {
             proxy,
             netns,
             spare_ports,
+            removed: BTreeSet::new(),
+            operator,
         };
         for id in cluster.node_ids() {
             cluster.spawn(id)?;
@@ -199,8 +215,41 @@ impl Cluster {
         &self.options
     }
 
+    /// The nodes of the cluster: every node started, except those the cluster removed.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|node| node.id).collect()
+        self.nodes
+            .iter()
+            .map(|node| node.id)
+            .filter(|id| !self.removed.contains(id))
+            .collect()
+    }
+
+    /// Replicas per shard (the configs' `replication`).
+    pub fn replication(&self) -> usize {
+        self.options.node_count.min(3)
+    }
+
+    /// A client for operator calls (cluster apply, shard move, leader transfer).
+    pub fn operator(&self) -> LedgerClient {
+        self.operator.clone()
+    }
+
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
+    /// Whether `node`, which exited by itself, was removed by the cluster (a serving node's
+    /// cluster map lists it as removed); if so it is left out from now on.
+    pub async fn take_if_removed(&mut self, node: NodeId) -> bool {
+        let removed = self.views().await.values().any(|view| {
+            view.map
+                .as_ref()
+                .is_some_and(|map| map.removed.contains(&node))
+        });
+        if removed {
+            self.removed.insert(node);
+        }
+        removed
     }
 
     pub fn node(&self, id: NodeId) -> Option<&NodeProcess> {
@@ -272,6 +321,7 @@ impl Cluster {
         self.nodes
             .iter()
             .filter(|node| node.process.is_some() && !node.paused)
+            .filter(|node| !self.removed.contains(&node.id))
             .map(|node| node.id)
             .collect()
     }
@@ -282,6 +332,12 @@ impl Cluster {
         let run_dir = self.options.run_dir.clone();
         let faketime = self.options.faketime.clone();
         let bug = self.options.bug.clone();
+        if self.removed.contains(&id) {
+            return Err(HarnessError::Node {
+                node: id,
+                message: "was removed from the cluster".to_owned(),
+            });
+        }
         let node = self.node_mut(id)?;
         if node.process.is_some() {
             return Err(HarnessError::Node {
@@ -461,7 +517,7 @@ impl Cluster {
     pub async fn wait_for_health(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            self.fail_on_exit()?;
+            self.fail_on_exit().await?;
             let mut unhealthy = Vec::new();
             for id in self.serving_node_ids() {
                 if let Some(node) = self.node(id) {
@@ -490,7 +546,7 @@ impl Cluster {
     ) -> Result<BTreeMap<ShardId, NodeId>, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            self.fail_on_exit()?;
+            self.fail_on_exit().await?;
             let serving: BTreeSet<NodeId> = self.serving_node_ids().into_iter().collect();
             let views = self.views().await;
             let reason = if views.len() < serving.len() {
@@ -514,8 +570,11 @@ impl Cluster {
         }
     }
 
-    fn fail_on_exit(&mut self) -> Result<(), HarnessError> {
-        if let Some((node, status)) = self.reap_exited().into_iter().next() {
+    async fn fail_on_exit(&mut self) -> Result<(), HarnessError> {
+        for (node, status) in self.reap_exited() {
+            if self.take_if_removed(node).await {
+                continue;
+            }
             return Err(HarnessError::Node {
                 node,
                 message: format!(

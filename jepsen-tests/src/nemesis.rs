@@ -5,9 +5,14 @@
 //! Faults: `kill` (SIGKILL, restart at heal), `pause` (SIGSTOP, SIGCONT at heal), `partition`
 //! (majority/minority, isolate the leader of most shards, bridge; through the Raft proxy, or
 //! firewall rules between network namespaces with `--net netns`),
-//! `clock` (a skew or a jump of one node's wall clock through libfaketime). Targets are a random
-//! node or the node leading the most shards. A node that exits by itself is recorded as a
-//! `crash` (an anomaly: the harness never causes it) and restarted.
+//! `clock` (a skew or a jump of one node's wall clock through libfaketime), `membership` (what an
+//! operator does to a running cluster: hand a shard's leadership to another replica, move a
+//! replica to another node, or drain a node by declaring the node set without it and declare it
+//! again at heal; the last two need more nodes than replicas, so with 3 nodes it only moves
+//! leaders). Targets are a random node or the node leading the most shards. A node that exits by
+//! itself is recorded as a `crash` (an anomaly: the harness never causes it) and restarted, unless
+//! the cluster removed it (a drain that completed before its heal): then it is recorded as
+//! `removed` and left out.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,14 +37,16 @@ pub enum FaultKind {
     Pause,
     Partition,
     Clock,
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Clock,
+        FaultKind::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +55,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Clock => "clock",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -57,7 +65,7 @@ impl FaultKind {
     }
 }
 
-/// Parses `kill,pause,partition,clock`, `all` or `none`.
+/// Parses `kill,pause,partition,clock,membership`, `all` or `none`.
 pub fn parse_fault_kinds(text: &str) -> Result<BTreeSet<FaultKind>, HarnessError> {
     let mut kinds = BTreeSet::new();
     for part in text
@@ -74,7 +82,7 @@ pub fn parse_fault_kinds(text: &str) -> Result<BTreeSet<FaultKind>, HarnessError
                     .find(|kind| kind.name() == other)
                     .ok_or_else(|| HarnessError::Options {
                         message: format!(
-                            "unknown nemesis {other:?} (expected kill, pause, partition, clock, all or none)"
+                            "unknown nemesis {other:?} (expected kill, pause, partition, clock, membership, all or none)"
                         ),
                     })?;
                 kinds.insert(kind);
@@ -110,6 +118,8 @@ pub enum Phase {
     Heal,
     /// A node exited by itself.
     Crash,
+    /// The cluster removed a node (it was drained and retired); it is left out from then on.
+    Removed,
 }
 
 /// One line of `nemesis.jsonl`.
@@ -150,7 +160,7 @@ pub fn fault_windows(events: &[NemesisEvent], end_us: u64) -> Vec<FaultWindow> {
                     });
                 }
             }
-            Phase::Crash => {}
+            Phase::Crash | Phase::Removed => {}
         }
     }
     for start in open {
@@ -171,6 +181,10 @@ enum ActiveFault {
     Paused(NodeId),
     Partitioned,
     ClockMoved(NodeId),
+    /// An operator's change; a drained node is declared again at heal.
+    Membership {
+        drained: Option<NodeId>,
+    },
 }
 
 impl ActiveFault {
@@ -180,6 +194,7 @@ impl ActiveFault {
             ActiveFault::Paused(_) => FaultKind::Pause,
             ActiveFault::Partitioned => FaultKind::Partition,
             ActiveFault::ClockMoved(_) => FaultKind::Clock,
+            ActiveFault::Membership { .. } => FaultKind::Membership,
         }
     }
 }
@@ -289,6 +304,18 @@ impl Nemesis {
     async fn restart_crashed(&mut self) -> Result<(), HarnessError> {
         let mut cluster = self.cluster.lock().await;
         for (node, status) in cluster.reap_exited() {
+            self.active
+                .retain(|fault| !matches!(fault, ActiveFault::Paused(id) if *id == node));
+            if cluster.take_if_removed(node).await {
+                self.events.push(event(
+                    self.start,
+                    Phase::Removed,
+                    "removed",
+                    vec![node],
+                    format!("node {node} was drained and removed by the cluster ({status})"),
+                ));
+                continue;
+            }
             // A node the nemesis killed is not running, so it cannot be reaped here.
             self.events.push(event(
                 self.start,
@@ -297,8 +324,6 @@ impl Nemesis {
                 vec![node],
                 format!("node {node} exited by itself ({status}); restarted"),
             ));
-            self.active
-                .retain(|fault| !matches!(fault, ActiveFault::Paused(id) if *id == node));
             cluster.spawn(node)?;
         }
         Ok(())
@@ -334,7 +359,7 @@ impl Nemesis {
                 ActiveFault::Killed(id) | ActiveFault::Paused(id) | ActiveFault::ClockMoved(id) => {
                     Some(*id)
                 }
-                ActiveFault::Partitioned => None,
+                ActiveFault::Partitioned | ActiveFault::Membership { .. } => None,
             })
             .collect()
     }
@@ -382,6 +407,14 @@ impl Nemesis {
                     format!("clock of node {node} ({why}) set to {offset_seconds:+} s"),
                 )
             }
+            FaultKind::Membership => {
+                let Some((fault, nodes, description)) =
+                    self.start_membership_change(&cluster, &exclude).await
+                else {
+                    return Ok(());
+                };
+                (fault, nodes, description)
+            }
             FaultKind::Partition => {
                 let leader = cluster.leader_of_most_shards().await;
                 let (blocked, nodes, description) =
@@ -400,6 +433,93 @@ impl Nemesis {
         ));
         self.active.push(fault);
         Ok(())
+    }
+
+    /// One operator change, chosen at random among those the cluster has room for: drain a
+    /// node or move a replica (more nodes than replicas), or hand a shard's leadership over.
+    /// The calls that wait for the cluster run in the background; the nemesis records what it
+    /// asked for.
+    async fn start_membership_change(
+        &mut self,
+        cluster: &Cluster,
+        exclude: &[NodeId],
+    ) -> Option<(ActiveFault, Vec<NodeId>, String)> {
+        let nodes = cluster.node_ids();
+        let views = cluster.views().await;
+        let spare_room = nodes.len() > cluster.replication();
+        let shard_count = cluster.options().shard_count;
+        let shard = self.rng.gen_range(0..shard_count.max(1));
+        let info = views
+            .values()
+            .find_map(|view| view.shards.iter().find(|info| info.shard_id == shard))
+            .cloned()?;
+        let operator = cluster.operator();
+        let url = cluster
+            .node(*cluster.serving_node_ids().choose(&mut self.rng)?)?
+            .url();
+        match self.rng.gen_range(0..3) {
+            0 if spare_room => {
+                let candidates: Vec<NodeId> = cluster
+                    .serving_node_ids()
+                    .into_iter()
+                    .filter(|id| !exclude.contains(id))
+                    .collect();
+                let node = *candidates.choose(&mut self.rng)?;
+                let declared: Vec<NodeId> =
+                    nodes.iter().copied().filter(|id| *id != node).collect();
+                let result = declare(cluster, &declared).await;
+                let outcome = match result {
+                    Ok(()) => "declared".to_owned(),
+                    Err(error) => format!("refused: {error}"),
+                };
+                Some((
+                    ActiveFault::Membership {
+                        drained: Some(node),
+                    },
+                    vec![node],
+                    format!("membership: drain node {node}: declare {declared:?} ({outcome})"),
+                ))
+            }
+            1 if spare_room => {
+                let from = *info.members.choose(&mut self.rng)?;
+                let outside: Vec<NodeId> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|id| !info.members.contains(id))
+                    .collect();
+                let to = *outside.choose(&mut self.rng)?;
+                tokio::spawn(async move {
+                    let _ = operator.move_shard(&url, shard, from, to).await;
+                });
+                Some((
+                    ActiveFault::Membership { drained: None },
+                    vec![from, to],
+                    format!(
+                        "membership: move shard {shard}'s replica from node {from} to node {to}"
+                    ),
+                ))
+            }
+            _ => {
+                let others: Vec<NodeId> = info
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|id| Some(*id) != info.leader)
+                    .collect();
+                let to = *others.choose(&mut self.rng)?;
+                tokio::spawn(async move {
+                    let _ = operator.transfer_leader(&url, shard, to).await;
+                });
+                Some((
+                    ActiveFault::Membership { drained: None },
+                    vec![to],
+                    format!(
+                        "membership: hand shard {shard}'s leadership from {:?} to node {to}",
+                        info.leader
+                    ),
+                ))
+            }
+        }
     }
 
     /// One of: majority/minority (random sides), isolate the leader of most shards, bridge.
@@ -452,6 +572,11 @@ impl Nemesis {
         let mut first_error = None;
         while let Some(fault) = self.active.pop() {
             let (nodes, description, result) = match &fault {
+                ActiveFault::Killed(node) if cluster.removed().contains(node) => (
+                    vec![*node],
+                    format!("node {node} was removed by the cluster meanwhile; not restarted"),
+                    Ok(()),
+                ),
                 ActiveFault::Killed(node) => (
                     vec![*node],
                     format!("restart node {node}"),
@@ -472,6 +597,22 @@ impl Nemesis {
                     format!("clock of node {node} reset to +0 s"),
                     cluster.set_clock_offset(*node, 0),
                 ),
+                ActiveFault::Membership { drained: None } => (
+                    Vec::new(),
+                    "membership change left to finish".to_owned(),
+                    Ok(()),
+                ),
+                ActiveFault::Membership {
+                    drained: Some(node),
+                } => {
+                    let nodes = cluster.node_ids();
+                    let description = if cluster.removed().contains(node) {
+                        format!("node {node} was removed; declare {nodes:?}")
+                    } else {
+                        format!("declare node {node} again: {nodes:?}")
+                    };
+                    (vec![*node], description, declare(&cluster, &nodes).await)
+                }
             };
             if let Err(error) = result {
                 first_error.get_or_insert(error);
@@ -490,6 +631,44 @@ impl Nemesis {
         }
     }
 }
+
+/// Declares `nodes` as the cluster's node set (`POST /admin/cluster/apply`) through any serving
+/// node, retrying for a while: the metadata group may be electing a leader under other faults.
+async fn declare(cluster: &Cluster, nodes: &[NodeId]) -> Result<(), HarnessError> {
+    let operator = cluster.operator();
+    let infos: Vec<ledger_api::NodeInfo> = nodes
+        .iter()
+        .filter_map(|id| cluster.node(*id))
+        .map(|node| ledger_api::NodeInfo {
+            id: node.id,
+            http_addr: node.http_addr.to_string(),
+            raft_addr: node.raft_advertised_addr.to_string(),
+        })
+        .collect();
+    let deadline = Instant::now() + DECLARE_TIMEOUT;
+    loop {
+        let mut last_error = String::from("no serving node");
+        for id in cluster.serving_node_ids() {
+            let Some(node) = cluster.node(id) else {
+                continue;
+            };
+            match operator.apply_cluster(&node.url(), infos.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Node {
+                node: nodes.first().copied().unwrap_or_default(),
+                message: format!("declaring nodes {nodes:?}: {last_error}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long a declaration of the node set is retried.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn event(
     start: Instant,
@@ -514,7 +693,7 @@ mod tests {
 
     #[test]
     fn parses_fault_lists() {
-        assert_eq!(parse_fault_kinds("all").expect("valid").len(), 4);
+        assert_eq!(parse_fault_kinds("all").expect("valid").len(), 5);
         assert!(parse_fault_kinds("none").expect("valid").is_empty());
         let kinds = parse_fault_kinds("kill, clock").expect("valid");
         assert_eq!(

@@ -4,8 +4,8 @@
 //! shard with its proposer, the node-to-node transport, the account actors, and serves the HTTP
 //! API ([`http`]) that forwards each request to the leader of its shard. The [`cluster`] module
 //! forms or joins the cluster, follows the cluster map (opening and dropping replicas as it
-//! places them) and, on the metadata group's leader, runs the controller that moves replicas;
-//! [`leadership`] hands a shard's leadership over and balances leaders.
+//! places them) and, on the metadata group's leader, runs the controller that moves replicas.
+//! The `leadership` module hands a shard's leadership over and balances leaders.
 //!
 //! **Boundary:** this is wiring and the HTTP edge. Business decisions belong to `ledger-core`,
 //! consensus to `ledger-raft`, persistence to `ledger-storage`, ordering and admission to
