@@ -449,9 +449,14 @@ impl Nemesis {
         let spare_room = nodes.len() > cluster.replication();
         let shard_count = cluster.options().shard_count;
         let shard = self.rng.gen_range(0..shard_count.max(1));
+        // A node hosting the shard reports its group's leader; the others only the map.
         let info = views
-            .values()
-            .find_map(|view| view.shards.iter().find(|info| info.shard_id == shard))
+            .iter()
+            .find_map(|(id, view)| {
+                view.shards
+                    .iter()
+                    .find(|info| info.shard_id == shard && info.members.contains(id))
+            })
             .cloned()?;
         let operator = cluster.operator();
         let url = cluster
