@@ -247,18 +247,6 @@ pub async fn shard_membership_step(
         accept: None,
     };
     let response = membership_here_or_forwarded(context, shard, request, &forwardable).await;
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
-        .await
-        .map_err(|error| error.to_string())?;
-    if !status.is_success() {
-        return Err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&bytes)
-                .chars()
-                .take(300)
-                .collect::<String>()
-        ));
-    }
+    let bytes = routing::success_body(response).await?;
     serde_json::from_slice(&bytes).map_err(|error| error.to_string())
 }

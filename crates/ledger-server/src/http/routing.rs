@@ -107,6 +107,25 @@ pub async fn leader_replica(
     }
 }
 
+/// For the node's own calls through a handler (the controller, the leader balancer): the body
+/// of a success, or the status and the start of the body as the error.
+pub async fn success_body(response: Response) -> Result<Bytes, String> {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+        .await
+        .map_err(|error| error.to_string())?;
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    Err(format!(
+        "{status}: {}",
+        String::from_utf8_lossy(&bytes)
+            .chars()
+            .take(300)
+            .collect::<String>()
+    ))
+}
+
 /// Another node holding a replica of `shard` per the cluster map, in rotation.
 pub fn any_replica_node(context: &NodeContext, shard: ShardId) -> Option<NodeId> {
     let me = context.node_id();

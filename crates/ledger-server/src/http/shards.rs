@@ -32,7 +32,18 @@ fn parse<T: DeserializeOwned>(body: &Bytes, expected: &str) -> Result<T, ApiErro
     })
 }
 
-/// 404 unless `shard` is one of the cluster's shards or the metadata group.
+/// The body of an admin request about `shard`: 404 unless `shard` is one of the cluster's
+/// shards or the metadata group, 400 unless the body is the `expected` JSON.
+fn shard_request<T: DeserializeOwned>(
+    context: &NodeContext,
+    shard: ShardId,
+    body: &Bytes,
+    expected: &str,
+) -> Result<T, ApiError> {
+    known_shard(context, shard)?;
+    parse(body, expected)
+}
+
 fn known_shard(context: &NodeContext, shard: ShardId) -> Result<(), ApiError> {
     if shard < context.shard_count() || shard == META_SHARD {
         return Ok(());
@@ -55,13 +66,11 @@ pub async fn transfer_leader(
     Path(shard): Path<ShardId>,
     body: Bytes,
 ) -> Response {
-    if let Err(error) = known_shard(&context, shard) {
-        return error.into_response();
-    }
-    let request: TransferLeaderRequest = match parse(&body, "{\"to\": <node id>}") {
-        Ok(request) => request,
-        Err(error) => return error.into_response(),
-    };
+    let request: TransferLeaderRequest =
+        match shard_request(&context, shard, &body, "{\"to\": <node id>}") {
+            Ok(request) => request,
+            Err(error) => return error.into_response(),
+        };
     let forwardable = Forwardable {
         method: Method::POST,
         path_and_query: format!("/admin/shards/{shard}/transfer-leader"),
@@ -123,20 +132,7 @@ pub async fn shard_transfer_leader(
         accept: None,
     };
     let response = transfer_here_or_forwarded(context, shard, to, &forwardable).await;
-    if response.status().is_success() {
-        return Ok(());
-    }
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    Err(format!(
-        "{status}: {}",
-        String::from_utf8_lossy(&bytes)
-            .chars()
-            .take(300)
-            .collect::<String>()
-    ))
+    routing::success_body(response).await.map(|_| ())
 }
 
 /// `POST /admin/shards/{shard}/move {"from": A, "to": B}`: records the move of the shard's
@@ -148,10 +144,8 @@ pub async fn move_shard(
     Path(shard): Path<ShardId>,
     body: Bytes,
 ) -> Response {
-    if let Err(error) = known_shard(&context, shard) {
-        return error.into_response();
-    }
-    let request: MoveShardRequest = match parse(&body, "{\"from\": <node id>, \"to\": <node id>}") {
+    let expected = "{\"from\": <node id>, \"to\": <node id>}";
+    let request: MoveShardRequest = match shard_request(&context, shard, &body, expected) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
