@@ -270,12 +270,14 @@ impl LedgerDriver {
     }
 }
 
-/// `GET /admin/cluster` of every given node that answers; an error only if none does.
+/// `GET /admin/cluster?digest=false` of every given node that answers; an error only if none
+/// does.
 async fn fetch_clusters(
     client: &LedgerClient,
     urls: &[String],
 ) -> Result<Vec<ClusterResponse>, String> {
-    let answers = futures::future::join_all(urls.iter().map(|url| client.cluster(url))).await;
+    let answers =
+        futures::future::join_all(urls.iter().map(|url| client.cluster_without_digests(url))).await;
     let mut clusters = Vec::new();
     let mut problems = Vec::new();
     for (url, answer) in urls.iter().zip(answers) {

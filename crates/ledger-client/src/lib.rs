@@ -424,9 +424,26 @@ impl LedgerClient {
 
     /// `GET /admin/cluster` of one specific node (one attempt: this asks about that node).
     pub async fn cluster(&self, node_url: &str) -> Result<ClusterResponse, ClientError> {
-        let answer = self
-            .call_node(node_url, Method::GET, "/admin/cluster", None)
-            .await?;
+        self.cluster_view(node_url, "/admin/cluster").await
+    }
+
+    /// `GET /admin/cluster?digest=false` of one specific node: the same view without the state
+    /// digests (empty strings), which cost the node a hash of each shard's whole state. For
+    /// callers that poll for leaders.
+    pub async fn cluster_without_digests(
+        &self,
+        node_url: &str,
+    ) -> Result<ClusterResponse, ClientError> {
+        self.cluster_view(node_url, "/admin/cluster?digest=false")
+            .await
+    }
+
+    async fn cluster_view(
+        &self,
+        node_url: &str,
+        path: &str,
+    ) -> Result<ClusterResponse, ClientError> {
+        let answer = self.call_node(node_url, Method::GET, path, None).await?;
         match answer.status {
             200 => decode(&answer),
             _ => Err(api_error(&answer)),

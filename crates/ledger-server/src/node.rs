@@ -87,6 +87,11 @@ impl ShardReplica {
             .any(|voter| voter == node)
     }
 
+    /// The index of the last entry applied here.
+    pub fn last_applied(&self) -> Option<u64> {
+        self.state.read().last_applied.map(|log_id| log_id.index)
+    }
+
     /// The applied index and the state digest at it.
     pub fn applied_digest(&self) -> (Option<u64>, u128) {
         let state = self.state.read();

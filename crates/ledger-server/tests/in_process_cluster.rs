@@ -106,6 +106,34 @@ async fn debits_through_any_node_are_decided_once_and_replicas_agree() -> Result
     }
     let digests = cluster.converged_digests().await?;
     assert_eq!(digests.len(), SHARDS as usize);
+
+    // The view without digests (for polling) names the same leaders, members and indexes.
+    let full = clients[0].cluster(&urls[0]).await?;
+    let light = clients[0].cluster_without_digests(&urls[0]).await?;
+    assert_eq!(full.shards.len(), light.shards.len());
+    for (with, without) in full.shards.iter().zip(&light.shards) {
+        assert_eq!(
+            (with.shard_id, with.leader, &with.members, with.last_applied),
+            (
+                without.shard_id,
+                without.leader,
+                &without.members,
+                without.last_applied
+            )
+        );
+        assert_eq!(with.digest, format!("{:032x}", digests[&with.shard_id]));
+        assert_eq!(without.digest, "");
+    }
+    let bad = clients[0]
+        .get_raw(&urls[0], "/admin/cluster?digest=maybe")
+        .await?;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.error_code().as_deref(),
+        Some("invalid_query"),
+        "{}",
+        bad.body
+    );
     cluster.shutdown().await;
     Ok(())
 }
