@@ -10,8 +10,8 @@ use ledger_core::{
 use ledger_raft::{Entry, LedgerLogId, ShardId, ShardState, SharedShardState};
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    MemtableFactory, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::decode;
@@ -76,9 +76,20 @@ impl NodeStorage {
         // Writes go to the WAL file at once (a process crash loses nothing); only the fsync is
         // deferred to the syncer. `manual_wal_flush` stays off for that reason.
         db_options.set_manual_wal_flush(false);
+        // The vector memtable of the `ledger` family (below) takes no concurrent inserts.
+        db_options.set_allow_concurrent_memtable_write(false);
         let column_families = COLUMN_FAMILIES.iter().map(|name| {
             let mut family_options = Options::default();
             family_options.set_compression_type(DBCompressionType::Lz4);
+            if *name == CF_LEDGER {
+                // The `ledger` family is written on every apply and read only when a shard is
+                // loaded (its reads are served from memory). A skip list would sort each key
+                // on insert (a search through the whole memtable, comparing long keys with
+                // shared prefixes: 15-20% of a node's CPU under batched debits); a vector
+                // appends and sorts once, when the memtable is flushed. Its point reads and
+                // iterators sort a copy, so the family is flushed at open, before any load.
+                family_options.set_memtable_factory(MemtableFactory::Vector);
+            }
             ColumnFamilyDescriptor::new(*name, family_options)
         });
         let db =
@@ -87,6 +98,16 @@ impl NodeStorage {
                     path: path.clone(),
                     source,
                 }
+            })?;
+        // What the WAL replay put in the `ledger` memtable goes to a table file now: shard
+        // loads then read it without sorting the vector memtable (see above).
+        let ledger_family = db
+            .cf_handle(CF_LEDGER)
+            .unwrap_or_else(|| panic!("column family {CF_LEDGER} was opened just now"));
+        db.flush_cf(ledger_family)
+            .map_err(|source| StorageError::Open {
+                path: path.clone(),
+                source,
             })?;
         let db = Arc::new(db);
         let syncer_shared = Arc::new(SyncerShared::new());
