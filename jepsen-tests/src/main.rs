@@ -67,6 +67,31 @@ struct Arguments {
     /// always keeps them, to investigate and replay).
     #[arg(long)]
     keep_artifacts: bool,
+    /// Length of each fault window in milliseconds, `LOW-HIGH` (drawn per window). Default
+    /// 3000-6000; long windows (e.g. 20000-40000) let a drain of the membership nemesis finish,
+    /// so that the cluster removes the node mid-run.
+    #[arg(long, value_parser = parse_range_ms)]
+    fault_ms: Option<(u64, u64)>,
+    /// Quiet time between fault windows in milliseconds, `LOW-HIGH`. Default 2000-4000.
+    #[arg(long, value_parser = parse_range_ms)]
+    quiet_ms: Option<(u64, u64)>,
+}
+
+/// `LOW-HIGH` in milliseconds, LOW ≤ HIGH.
+fn parse_range_ms(text: &str) -> Result<(u64, u64), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not LOW-HIGH"))?;
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|error| format!("{part:?} in {text:?}: {error}"))
+    };
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low > high {
+        return Err(format!("{text:?}: LOW is above HIGH"));
+    }
+    Ok((low, high))
 }
 
 fn parse_workloads(text: &str) -> anyhow::Result<std::collections::BTreeSet<Workload>> {
@@ -121,7 +146,16 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
         shard_count: arguments.shards,
         nemeses,
         workloads,
-        schedule: bug.map(Bug::default_schedule).unwrap_or_default(),
+        schedule: {
+            let mut schedule = bug.map(Bug::default_schedule).unwrap_or_default();
+            if let Some(fault_ms) = arguments.fault_ms {
+                schedule.fault_ms = fault_ms;
+            }
+            if let Some(quiet_ms) = arguments.quiet_ms {
+                schedule.quiet_ms = quiet_ms;
+            }
+            schedule
+        },
         bug,
         namespaces,
         run_dir,
@@ -230,6 +264,7 @@ async fn shutdown_signal() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jepsen_tests::nemesis::Schedule;
 
     #[test]
     fn defaults_follow_the_bug() {
@@ -262,5 +297,27 @@ mod tests {
             .expect("valid arguments");
         assert!(netns.namespaces);
         assert!(run_options(Arguments::parse_from(["jepsen-tests", "--net", "vlan"])).is_err());
+    }
+
+    #[test]
+    fn window_lengths_override_the_schedule() {
+        let options = run_options(Arguments::parse_from([
+            "jepsen-tests",
+            "--fault-ms",
+            "20000-40000",
+            "--quiet-ms",
+            "1000-1000",
+        ]))
+        .expect("valid arguments");
+        assert_eq!(options.schedule.fault_ms, (20_000, 40_000));
+        assert_eq!(options.schedule.quiet_ms, (1_000, 1_000));
+        let default = run_options(Arguments::parse_from(["jepsen-tests"])).expect("valid");
+        assert_eq!(default.schedule.fault_ms, Schedule::default().fault_ms);
+        for bad in ["40000-20000", "20000", "a-b", "-5"] {
+            assert!(
+                Arguments::try_parse_from(["jepsen-tests", "--fault-ms", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
