@@ -15,6 +15,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ledger_api::ClusterResponse;
@@ -25,6 +26,10 @@ use crate::error::HarnessError;
 use crate::netns::NetnsNetwork;
 use crate::proxy::{BlockedLinks, ProxiedNode, RaftProxy};
 use crate::NodeId;
+
+/// The nodes the cluster removed, shared with the workloads' clients so that they stop sending
+/// requests to a node that is gone.
+pub type RemovedNodes = Arc<RwLock<BTreeSet<NodeId>>>;
 
 /// The environment variable that switches a named bug on in a `fault-injection` build.
 pub const FAULT_INJECTION_ENV: &str = "LEDGER_FAULT_INJECTION";
@@ -113,6 +118,8 @@ pub struct Cluster {
     /// Nodes the cluster removed for good (drained by the membership nemesis, then retired):
     /// they exit and are refused if started again, so the harness leaves them out.
     removed: BTreeSet<NodeId>,
+    /// The same set, for the workloads' clients.
+    removed_shared: RemovedNodes,
     /// For the membership nemesis' calls, which wait for the cluster (a leadership hand-over
     /// takes about 2 s).
     operator: LedgerClient,
@@ -203,6 +210,7 @@ impl Cluster {
             netns,
             spare_ports,
             removed: BTreeSet::new(),
+            removed_shared: RemovedNodes::default(),
             operator,
         };
         for id in cluster.node_ids() {
@@ -238,6 +246,11 @@ impl Cluster {
         &self.removed
     }
 
+    /// The removed nodes as they will be: the set grows when the cluster removes a node.
+    pub fn removed_nodes(&self) -> RemovedNodes {
+        Arc::clone(&self.removed_shared)
+    }
+
     /// Whether `node`, which exited by itself, was removed by the cluster (a serving node's
     /// cluster map lists it as removed); if so it is left out from now on.
     pub async fn take_if_removed(&mut self, node: NodeId) -> bool {
@@ -248,6 +261,10 @@ impl Cluster {
         });
         if removed {
             self.removed.insert(node);
+            self.removed_shared
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(node);
         }
         removed
     }

@@ -144,6 +144,11 @@ pub enum Answer {
         code: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replayed: Option<bool>,
+        /// The reservation's status in an accepted answer (`active`, `committed`, `released`,
+        /// or `expired`: a release that came after the time to live is answered with the
+        /// expiry that released it). Absent in histories recorded before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
     },
 }
 
@@ -351,9 +356,17 @@ pub fn describe_answer(answer: &Answer) -> String {
             "available={} reserved={} consumed={} granted={}",
             snapshot.available, snapshot.reserved, snapshot.consumed, snapshot.granted
         ),
-        Answer::Reservation { accepted, code, .. } => {
+        Answer::Reservation {
+            accepted,
+            code,
+            status,
+            ..
+        } => {
             if *accepted {
-                "accepted".to_owned()
+                match status {
+                    Some(status) => format!("accepted ({status})"),
+                    None => "accepted".to_owned(),
+                }
             } else {
                 format!("rejected {}", code.as_deref().unwrap_or("?"))
             }

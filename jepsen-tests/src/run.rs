@@ -172,7 +172,10 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
         cluster.wait_for_health(READY_TIMEOUT).await?;
         cluster.wait_for_leaders(READY_TIMEOUT).await?;
     }
-    let urls = cluster.lock().await.urls();
+    let (urls, removed) = {
+        let cluster = cluster.lock().await;
+        (cluster.urls(), cluster.removed_nodes())
+    };
     let start = Instant::now();
     let recorder = Recorder::new(start);
     let accounts = setup_accounts(&options, &urls, &recorder).await?;
@@ -211,7 +214,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
     let mut workload_tasks = Vec::new();
     if options.workloads.contains(&Workload::Bank) {
         let context = ClientContext {
-            clients: NodeClients::new(&urls, 1_500)?,
+            clients: NodeClients::new(&urls, 1_500)?.leaving_out(Arc::clone(&removed)),
             recorder: recorder.clone(),
             workload: Workload::Bank,
         };
@@ -230,7 +233,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
     }
     if options.workloads.contains(&Workload::Linear) {
         let context = ClientContext {
-            clients: NodeClients::new(&urls, 1_000)?,
+            clients: NodeClients::new(&urls, 1_000)?.leaving_out(Arc::clone(&removed)),
             recorder: recorder.clone(),
             workload: Workload::Linear,
         };

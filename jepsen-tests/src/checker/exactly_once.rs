@@ -259,7 +259,12 @@ fn reservations_match_their_answers(
             ));
         }
         for operation in operations {
-            let Outcome::Ok(Answer::Reservation { accepted, .. }) = &operation.outcome else {
+            let Outcome::Ok(Answer::Reservation {
+                accepted,
+                status: answered,
+                ..
+            }) = &operation.outcome
+            else {
                 continue;
             };
             let agrees = match (&operation.request, accepted) {
@@ -268,7 +273,11 @@ fn reservations_match_their_answers(
                 (Request::CommitReservation { amount, .. }, true) => {
                     status == "committed" && committed == Some(*amount)
                 }
-                (Request::ReleaseReservation { .. }, true) => status == "released",
+                // A release is answered `released`, or `expired` when the time to live had
+                // already released the hold; the final state must be the one answered.
+                (Request::ReleaseReservation { .. }, true) => {
+                    status == answered.as_deref().unwrap_or("released")
+                }
                 // A refused commit or release leaves whatever state the reservation had.
                 _ => true,
             };
@@ -464,6 +473,7 @@ mod tests {
             accepted,
             code: (!accepted).then(|| "insufficient_credits".to_owned()),
             replayed: Some(false),
+            status: None,
         })
     }
 
@@ -571,6 +581,62 @@ mod tests {
         assert_eq!(result.verdict, Verdict::Invalid);
         let text = result.details.join("\n");
         assert!(text.contains("after healing it is expired"), "{text}");
+    }
+
+    /// Seed 602 (session 6): a release sent after the reservation's time to live was answered
+    /// 200 with status `expired` (the expiry had released the hold), and the reservation is
+    /// `expired` after healing. That is the answer agreeing with the state, not an anomaly; a
+    /// release answered `released` that ends `expired` still is one.
+    #[test]
+    fn a_release_answered_expired_agrees_with_an_expired_reservation() {
+        let release_answered = |status: &str| {
+            HistoryBuilder::new()
+                .op(
+                    1,
+                    "a",
+                    debit("k1", 10),
+                    0,
+                    Some(10),
+                    accepted(10, 90, false),
+                )
+                .op(
+                    1,
+                    "a",
+                    reserve("r1", 10),
+                    20,
+                    Some(30),
+                    reservation_answer(true),
+                )
+                .op(
+                    1,
+                    "a",
+                    Request::ReleaseReservation {
+                        reservation_id: "r1".to_owned(),
+                    },
+                    40,
+                    Some(50),
+                    Outcome::Ok(Answer::Reservation {
+                        accepted: true,
+                        code: None,
+                        replayed: Some(true),
+                        status: Some(status.to_owned()),
+                    }),
+                )
+                .op(2, "a", reserve("r2", 7), 20, None, info())
+                .build()
+        };
+        let state = with_reservations(10, 7, found("expired", 10, None));
+        let result = check(&release_answered("expired"), &state);
+        assert_eq!(result.verdict, Verdict::Valid, "{result:?}");
+        let result = check(&release_answered("released"), &state);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(
+            result
+                .details
+                .join("\n")
+                .contains("after healing it is expired"),
+            "{result:?}"
+        );
     }
 
     #[test]

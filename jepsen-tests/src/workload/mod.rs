@@ -12,6 +12,7 @@
 pub mod bank;
 pub mod linear;
 
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use ledger_api::{CreateGrantRequest, STATUS_ACCEPTED};
@@ -20,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use crate::cluster::RemovedNodes;
 use crate::error::HarnessError;
 use crate::history::{AccountSnapshot, Answer, Outcome, Recorder, Request, Workload};
 use crate::NodeId;
@@ -29,6 +31,8 @@ use crate::NodeId;
 #[derive(Clone)]
 pub struct NodeClients {
     nodes: Vec<(NodeId, String, LedgerClient)>,
+    /// Nodes the cluster removed: no longer chosen.
+    removed: RemovedNodes,
 }
 
 impl NodeClients {
@@ -53,14 +57,34 @@ impl NodeClients {
                 message: "no nodes to talk to".to_owned(),
             });
         }
-        Ok(NodeClients { nodes })
+        Ok(NodeClients {
+            nodes,
+            removed: RemovedNodes::default(),
+        })
+    }
+
+    /// Leaves out the nodes in `removed` (now and as it grows) when choosing a node.
+    pub fn leaving_out(mut self, removed: RemovedNodes) -> NodeClients {
+        self.removed = removed;
+        self
     }
 
     fn random(&self, rng: &mut StdRng) -> &(NodeId, String, LedgerClient) {
-        // `new` refuses an empty list, so a choice always exists.
-        self.nodes
-            .choose(rng)
-            .unwrap_or_else(|| unreachable!("NodeClients is never empty"))
+        let removed = self.removed.read().unwrap_or_else(PoisonError::into_inner);
+        let serving: Vec<&(NodeId, String, LedgerClient)> = self
+            .nodes
+            .iter()
+            .filter(|(id, _, _)| !removed.contains(id))
+            .collect();
+        match serving.choose(rng) {
+            Some(node) => node,
+            // `new` refuses an empty list, so a choice always exists; the cluster never
+            // removes its last node.
+            None => self
+                .nodes
+                .choose(rng)
+                .unwrap_or_else(|| unreachable!("NodeClients is never empty")),
+        }
     }
 }
 
@@ -200,13 +224,13 @@ async fn reservation_call(
         Err(error) => return failed(&error),
     };
     if raw.status == 200 || raw.status == 201 {
-        let replayed = serde_json::from_str::<serde_json::Value>(&raw.body)
-            .ok()
-            .and_then(|value| value.get("replayed").and_then(serde_json::Value::as_bool));
+        let body = serde_json::from_str::<serde_json::Value>(&raw.body).ok();
+        let field = |name: &str| body.as_ref().and_then(|value| value.get(name).cloned());
         return Outcome::Ok(Answer::Reservation {
             accepted: true,
             code: None,
-            replayed,
+            replayed: field("replayed").and_then(|value| value.as_bool()),
+            status: field("status").and_then(|value| value.as_str().map(str::to_owned)),
         });
     }
     let error = serde_json::from_str::<serde_json::Value>(&raw.body)
@@ -224,6 +248,7 @@ async fn reservation_call(
             accepted: false,
             code: raw.error_code(),
             replayed,
+            status: None,
         });
     }
     raw_failure(&raw)
