@@ -518,6 +518,11 @@ mod tests {
     }
 
     fn reservation_history() -> Vec<Operation> {
+        reservation_history_ending_with(commit("r1", 4), reservation_answer(true))
+    }
+
+    /// Debit k1, reserve r1, then `last` on r1 answered `answer`; r2 reserved with no answer.
+    fn reservation_history_ending_with(last: Request, answer: Outcome) -> Vec<Operation> {
         HistoryBuilder::new()
             .op(
                 1,
@@ -535,14 +540,7 @@ mod tests {
                 Some(30),
                 reservation_answer(true),
             )
-            .op(
-                1,
-                "a",
-                commit("r1", 4),
-                40,
-                Some(50),
-                reservation_answer(true),
-            )
+            .op(1, "a", last, 40, Some(50), answer)
             .op(2, "a", reserve("r2", 7), 20, None, info())
             .build()
     }
@@ -590,40 +588,17 @@ mod tests {
     #[test]
     fn a_release_answered_expired_agrees_with_an_expired_reservation() {
         let release_answered = |status: &str| {
-            HistoryBuilder::new()
-                .op(
-                    1,
-                    "a",
-                    debit("k1", 10),
-                    0,
-                    Some(10),
-                    accepted(10, 90, false),
-                )
-                .op(
-                    1,
-                    "a",
-                    reserve("r1", 10),
-                    20,
-                    Some(30),
-                    reservation_answer(true),
-                )
-                .op(
-                    1,
-                    "a",
-                    Request::ReleaseReservation {
-                        reservation_id: "r1".to_owned(),
-                    },
-                    40,
-                    Some(50),
-                    Outcome::Ok(Answer::Reservation {
-                        accepted: true,
-                        code: None,
-                        replayed: Some(true),
-                        status: Some(status.to_owned()),
-                    }),
-                )
-                .op(2, "a", reserve("r2", 7), 20, None, info())
-                .build()
+            reservation_history_ending_with(
+                Request::ReleaseReservation {
+                    reservation_id: "r1".to_owned(),
+                },
+                Outcome::Ok(Answer::Reservation {
+                    accepted: true,
+                    code: None,
+                    replayed: Some(true),
+                    status: Some(status.to_owned()),
+                }),
+            )
         };
         let state = with_reservations(10, 7, found("expired", 10, None));
         let result = check(&release_answered("expired"), &state);
