@@ -87,7 +87,8 @@ impl NodeStorage {
                 // on insert (a search through the whole memtable, comparing long keys with
                 // shared prefixes: 15-20% of a node's CPU under batched debits); a vector
                 // appends and sorts once, when the memtable is flushed. Its point reads and
-                // iterators sort a copy, so the family is flushed at open, before any load.
+                // iterators sort a copy, so the family is flushed at open, before the loads
+                // at start; a replica placed later sorts that copy once.
                 family_options.set_memtable_factory(MemtableFactory::Vector);
             }
             ColumnFamilyDescriptor::new(*name, family_options)
