@@ -27,6 +27,10 @@ use crate::workload::{self, bank, linear, ClientContext, NodeClients};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of waiting for replicas to reach the same applied index after healing.
 pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of reading the final state (every account, every debit key, every reservation): a
+/// shard that never recovers makes each of thousands of reads retry for minutes, so what is
+/// not read by then is recorded as unread (an unknown to the checkers), and the run ends.
+pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The named bugs of ledgerd's `fault-injection` build, and what the self-test expects of each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,12 +550,14 @@ async fn read_final_state(
     operations: &[Operation],
 ) -> Result<FinalState, HarnessError> {
     let client = patient_client(urls)?;
+    let deadline = tokio::time::Instant::now() + FINAL_READ_TIMEOUT;
     let mut state = FinalState::default();
     for (account, limit) in accounts.bank.iter().chain(&accounts.linear) {
         state.overdraft_limits.insert(account.clone(), *limit);
-        state
-            .accounts
-            .insert(account.clone(), read_account(&client, urls, account).await);
+        let snapshot = tokio::time::timeout_at(deadline, read_account(&client, urls, account))
+            .await
+            .unwrap_or_else(|_| Err(unread()));
+        state.accounts.insert(account.clone(), snapshot);
     }
     let debit_keys: BTreeSet<(String, String)> = operations
         .iter()
@@ -560,21 +566,26 @@ async fn read_final_state(
             _ => None,
         })
         .collect();
-    state.debit_lookups = look_up_all(debit_keys, |(account, key)| {
-        let client = client.clone();
-        async move {
-            match client.get_debit(&account, &key).await {
-                Ok(Some(response)) => Lookup::Decided {
-                    accepted: response.status == STATUS_ACCEPTED,
-                    amount: response.amount,
-                    available: response.available,
-                    code: response.code,
-                },
-                Ok(None) => Lookup::NotDecided,
-                Err(error) => Lookup::Failed(error.to_string()),
+    state.debit_lookups = look_up_all(
+        debit_keys,
+        deadline,
+        |(account, key)| {
+            let client = client.clone();
+            async move {
+                match client.get_debit(&account, &key).await {
+                    Ok(Some(response)) => Lookup::Decided {
+                        accepted: response.status == STATUS_ACCEPTED,
+                        amount: response.amount,
+                        available: response.available,
+                        code: response.code,
+                    },
+                    Ok(None) => Lookup::NotDecided,
+                    Err(error) => Lookup::Failed(error.to_string()),
+                }
             }
-        }
-    })
+        },
+        Lookup::Failed,
+    )
     .await?;
     let reservation_ids: BTreeSet<(String, String)> = operations
         .iter()
@@ -585,28 +596,41 @@ async fn read_final_state(
             _ => None,
         })
         .collect();
-    state.reservation_lookups = look_up_all(reservation_ids, |(account, reservation_id)| {
-        let client = client.clone();
-        async move {
-            match client.get_reservation(&account, &reservation_id).await {
-                Ok(Some(response)) => ReservationLookup::Found {
-                    status: response.status,
-                    amount: response.amount,
-                    committed: response.committed,
-                },
-                Ok(None) => ReservationLookup::NotFound,
-                Err(error) => ReservationLookup::Failed(error.to_string()),
+    state.reservation_lookups = look_up_all(
+        reservation_ids,
+        deadline,
+        |(account, reservation_id)| {
+            let client = client.clone();
+            async move {
+                match client.get_reservation(&account, &reservation_id).await {
+                    Ok(Some(response)) => ReservationLookup::Found {
+                        status: response.status,
+                        amount: response.amount,
+                        committed: response.committed,
+                    },
+                    Ok(None) => ReservationLookup::NotFound,
+                    Err(error) => ReservationLookup::Failed(error.to_string()),
+                }
             }
-        }
-    })
+        },
+        ReservationLookup::Failed,
+    )
     .await?;
     Ok(state)
 }
 
-/// Runs `look_up` for every key, a few at a time (thousands of keys, one round trip each).
+/// What a read not done by the final-read deadline records.
+fn unread() -> String {
+    format!("not read within the final-read bound of {FINAL_READ_TIMEOUT:?}")
+}
+
+/// Runs `look_up` for every key, a few at a time (thousands of keys, one round trip each); a
+/// key not looked up by `deadline` gets `failed(unread())`.
 async fn look_up_all<V, F, Fut>(
     keys: BTreeSet<(String, String)>,
+    deadline: tokio::time::Instant,
     look_up: F,
+    failed: fn(String) -> V,
 ) -> Result<BTreeMap<(String, String), V>, HarnessError>
 where
     V: Send + 'static,
@@ -619,9 +643,12 @@ where
         let handles: Vec<_> = chunk
             .iter()
             .map(|key| {
-                let lookup = look_up(key.clone());
+                let lookup = tokio::time::timeout_at(deadline, look_up(key.clone()));
                 let key = key.clone();
-                tokio::spawn(async move { (key, lookup.await) })
+                tokio::spawn(async move {
+                    let value = lookup.await.unwrap_or_else(|_| failed(unread()));
+                    (key, value)
+                })
             })
             .collect();
         for handle in handles {

@@ -22,12 +22,13 @@ use ledger_core::{Accepted, Command};
 use ledger_raft::placement::replicas_of_shard;
 use ledger_raft::{LedgerNode, NodeId, ShardId};
 use ledger_storage::NodeStorage;
+use openraft::ChangeMembers;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::node::{NodeContext, NodeError, ShardReplica};
+use crate::node::{NodeContext, NodeError, Retirement, ShardReplica};
 
 /// How often a node refreshes the map, follows it, and (on the metadata leader) plans.
 const ROUND_INTERVAL: Duration = Duration::from_millis(250);
@@ -470,7 +471,8 @@ async fn refresh_map(context: &NodeContext) {
 }
 
 /// Opens the replicas the map places on this node and drops those it no longer places here
-/// once their move is settled (the group's membership no longer counts this node then).
+/// once their move is settled and their group's leader confirms it no longer counts this node
+/// (`NodeContext::retire_replica` says why both are needed).
 async fn follow_map(context: &NodeContext, map: &ClusterMap) {
     if !map.exists() {
         return;
@@ -492,13 +494,65 @@ async fn follow_map(context: &NodeContext, map: &ClusterMap) {
         let settled = map
             .shard(*shard)
             .is_none_or(|placement| placement.moving.is_none());
-        if settled {
-            tracing::info!(
+        if !settled {
+            continue;
+        }
+        match retire_if_uncounted(context, *shard).await {
+            Retirement::Dropped => tracing::info!(
                 shard,
                 version = map.version,
                 "replica moved away by the cluster map"
-            );
-            context.drop_replica(*shard).await;
+            ),
+            Retirement::Kept => tracing::info!(
+                shard,
+                version = map.version,
+                "replica kept: the map moved it away, but its group counts this node again \
+                 (a newer move adds it back)"
+            ),
+            Retirement::Undecided(reason) => tracing::info!(
+                shard,
+                %reason,
+                "replica kept for now: no leader of its group could say whether it counts \
+                 this node"
+            ),
+            Retirement::Absent => {}
+        }
+    }
+}
+
+/// Drops this node's replica of `shard` unless its group's leader, confirmed by a quorum, still
+/// counts this node (as a voter of any of its configs, or as a learner); see
+/// `NodeContext::retire_replica`.
+pub async fn retire_if_uncounted(context: &NodeContext, shard: ShardId) -> Retirement {
+    let me = context.node_id();
+    let counted = async {
+        let members = crate::http::shard_members(context, shard).await?;
+        Ok(members.nodes.contains(&me))
+    };
+    context.retire_replica(shard, counted).await
+}
+
+/// Every node a shard's group counts: the voters of each config (two during a joint change)
+/// and the learners. The answer of `GET /internal/shards/{shard}/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    pub nodes: Vec<NodeId>,
+}
+
+impl GroupMembers {
+    /// The members of the membership `replica` knows (its log's latest, committed or not).
+    pub fn of(replica: &ShardReplica) -> GroupMembers {
+        let metrics = replica.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let nodes: BTreeSet<NodeId> = membership
+            .get_joint_config()
+            .iter()
+            .flatten()
+            .copied()
+            .chain(membership.learner_ids())
+            .collect();
+        GroupMembers {
+            nodes: nodes.into_iter().collect(),
         }
     }
 }
@@ -699,7 +753,11 @@ async fn membership_step_unbounded(
             .map(|log_id| log_id.index)
     });
     let leader_last_index = metrics.last_log_index;
-    if !joint && voters == target && learners.is_empty() {
+    if !joint && voters == target {
+        // The voters are right; learners that are not being added (an abandoned move's, or
+        // the node this request removes) leave too: a learner left behind would keep its
+        // node's replica counted, and so kept, forever.
+        remove_learners(replica, &learners).await?;
         return Ok(MembershipAnswer {
             done: true,
             voters: voters.into_iter().collect(),
@@ -760,12 +818,30 @@ async fn membership_step_unbounded(
         .change_membership(target.clone(), false)
         .await
         .map_err(|error| format!("change membership to {target:?}: {error}"))?;
+    let stray: BTreeSet<NodeId> = learners.difference(&target).copied().collect();
+    remove_learners(replica, &stray).await?;
     Ok(MembershipAnswer {
         done: true,
         voters: target.into_iter().collect(),
         caught_up_to,
         leader_last_index,
     })
+}
+
+/// Takes `learners` out of the group (a change of voters keeps the learners it does not name).
+async fn remove_learners(
+    replica: &ShardReplica,
+    learners: &BTreeSet<NodeId>,
+) -> Result<(), String> {
+    if learners.is_empty() {
+        return Ok(());
+    }
+    replica
+        .raft
+        .change_membership(ChangeMembers::RemoveNodes(learners.clone()), false)
+        .await
+        .map_err(|error| format!("remove learners {learners:?}: {error}"))?;
+    Ok(())
 }
 
 fn in_progress(

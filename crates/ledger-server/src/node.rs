@@ -167,6 +167,20 @@ impl ReplicaSet {
     }
 }
 
+/// What became of a replica the cluster map no longer places on this node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Stopped, and its data deleted.
+    Dropped,
+    /// The shard's group still counts this node: the replica goes on.
+    Kept,
+    /// Nobody could say whether the group counts this node (no leader reachable): the replica
+    /// goes on, and the question is asked again later.
+    Undecided(String),
+    /// This node holds no replica of the shard.
+    Absent,
+}
+
 /// Everything a request handler needs; shared by all handlers.
 pub struct NodeContext {
     pub config: NodeConfig,
@@ -263,14 +277,62 @@ impl NodeContext {
         Ok(replica)
     }
 
-    /// Stops this node's replica of `shard` and deletes its data: the shard's group no longer
-    /// counts this node (the cluster map settled the move that took it away).
+    /// Stops this node's replica of `shard` and deletes its data, unconditionally: for a node
+    /// the cluster removed (no group counts it any more).
     pub async fn drop_replica(&self, shard: ShardId) {
         let _serialized = self.replica_changes.lock().await;
         let Some(replica) = self.replicas.remove(shard) else {
             return;
         };
         self.registry.unregister(shard);
+        self.stop_and_delete(replica).await;
+    }
+
+    /// Stops this node's replica of `shard` and deletes its data once `counted` (asked after
+    /// the replica stopped taking Raft messages) answers that the shard's group no longer
+    /// counts this node; otherwise the replica goes on as it was.
+    ///
+    /// **Why ask first:** a replica the map moved away may already be back in its group (the
+    /// controller began a move that adds this node again before this node saw the map that
+    /// moved it away). The group's leader then counts what this replica's log holds; deleting it
+    /// would revert a log the leader has counted, which Raft forbids (the leader would wait
+    /// forever for entries it believes are here, and a voter that forgets acknowledged entries
+    /// can lose committed ones). The question is asked while the transport refuses the shard's
+    /// messages, so no leader learns anything more from this replica: when the group's leader,
+    /// confirmed by a quorum, does not count this node, every later add of it starts from
+    /// nothing, and the data can go.
+    pub async fn retire_replica(
+        &self,
+        shard: ShardId,
+        counted: impl std::future::Future<Output = Result<bool, String>>,
+    ) -> Retirement {
+        let _serialized = self.replica_changes.lock().await;
+        // Out of the routing table too: the question must go to another replica's view of
+        // the leader, never to this replica (a leader that was moved away may not know yet).
+        let Some(replica) = self.replicas.remove(shard) else {
+            return Retirement::Absent;
+        };
+        self.registry.unregister(shard);
+        match counted.await {
+            Ok(false) => {
+                self.stop_and_delete(replica).await;
+                Retirement::Dropped
+            }
+            Ok(true) => {
+                self.registry.register(shard, replica.raft.clone());
+                self.replicas.insert(replica);
+                Retirement::Kept
+            }
+            Err(reason) => {
+                self.registry.register(shard, replica.raft.clone());
+                self.replicas.insert(replica);
+                Retirement::Undecided(reason)
+            }
+        }
+    }
+
+    async fn stop_and_delete(&self, replica: Arc<ShardReplica>) {
+        let shard = replica.shard;
         if let Err(error) = replica.raft.shutdown().await {
             tracing::warn!(shard, %error, "raft shutdown of a dropped replica");
         }

@@ -10,6 +10,9 @@ use ledger_api::CreateGrantRequest;
 use ledger_client::LedgerClient;
 use ledger_core::shard_for_account;
 use ledger_raft::config::SnapshotSettings;
+use ledger_server::cluster::{retire_if_uncounted, MembershipRequest};
+use ledger_server::http::shard_membership_step;
+use ledger_server::node::Retirement;
 use ledger_server::NodeTuning;
 
 mod support;
@@ -311,5 +314,127 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()
     assert_eq!(view.consumed, 60 * 18);
     assert_eq!(view.available, 1_000 - 60 * 18);
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// Seed 612 of the chaos harness: a node's replica was moved out of its group and, before the
+/// node deleted it, a newer move added the node back as a learner. The leader counted what the
+/// old replica's log held; the node then deleted it and opened an empty one, and the group
+/// waited forever for entries it believed were there. A node must not delete a replica while
+/// its group counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_its_group_counts_again_is_kept_and_catches_up() -> Result<()> {
+    // A compacted log, as in the run: an empty replica can only catch up by a snapshot, which a
+    // leader that believes the replica holds its log never sends.
+    let tuning = NodeTuning {
+        snapshots: SnapshotSettings {
+            entries_since_last: 10,
+            entries_to_keep: 0,
+        },
+        ..NodeTuning::default()
+    };
+    let cluster = TestCluster::start_with(3, tuning).await?;
+    let account = "returning-replica";
+    let shard = shard_for_account(account, SHARDS);
+    let client = LedgerClient::new(cluster.urls())?;
+    client.create_account(account, Some(0)).await?;
+    client.grant(account, &grant("g", 1_000)).await?;
+    for key in 0..30u64 {
+        client.debit(account, &format!("before-{key}"), 1).await?;
+    }
+    let leader = cluster.wait_for_leaders().await?[&shard];
+    let returning = (1..=3u64)
+        .find(|node| *node != leader)
+        .context("three nodes")?;
+    let leader_context = &cluster.node(leader).context;
+    let returning_context = &cluster.node(returning).context;
+
+    // Out of the group, then back in as a learner, as two moves of the controller would take
+    // it; the old replica is still there and takes the learner's log.
+    let remove = MembershipRequest {
+        add: None,
+        add_address: None,
+        remove: Some(returning),
+    };
+    let answer = shard_membership_step(leader_context, shard, &remove)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        answer.done && !answer.voters.contains(&returning),
+        "{answer:?}"
+    );
+    let add = MembershipRequest {
+        add: Some(returning),
+        add_address: leader_context.cluster.address_of(returning),
+        remove: None,
+    };
+    let answer = shard_membership_step(leader_context, shard, &add)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(!answer.done, "a learner is added first: {answer:?}");
+    let returning_replica = returning_context
+        .replicas
+        .get(&shard)
+        .context("the old replica is still open")?;
+    wait_until("the old replica holds the learner entry", || {
+        returning_replica
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|learner| learner == returning)
+    })
+    .await?;
+
+    // The map moved the replica away (as far as this node knows): the group counts it, so it
+    // stays, and it goes on taking the leader's entries.
+    assert_eq!(
+        retire_if_uncounted(returning_context, shard).await,
+        Retirement::Kept
+    );
+    let outcome = client.debit(account, "after-the-return", 100).await?;
+    assert_eq!(outcome.status, "accepted", "{outcome:?}");
+    wait_until("the kept replica applies the new debit", || {
+        returning_context
+            .replicas
+            .get(&shard)
+            .is_some_and(|replica| {
+                replica
+                    .state
+                    .read()
+                    .ledger
+                    .view(account, 0)
+                    .is_some_and(|view| view.consumed == 130)
+            })
+    })
+    .await?;
+
+    // Once the group no longer counts the node, the replica goes.
+    let answer = shard_membership_step(leader_context, shard, &remove)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        answer.done && !answer.voters.contains(&returning),
+        "{answer:?}"
+    );
+    assert_eq!(
+        retire_if_uncounted(returning_context, shard).await,
+        Retirement::Dropped
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Polls `condition` until it holds, or fails after `DEADLINE`.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! The cluster endpoints: `GET /admin/cluster` (what this node knows of the cluster),
 //! `POST /admin/cluster/apply` (declare the node set), and the internal calls of the cluster
-//! map (`GET /internal/cluster`) and of the controller (`POST /internal/shards/{s}/membership`).
+//! map (`GET /internal/cluster`), of the controller (`POST /internal/shards/{s}/membership`) and
+//! of a node retiring a replica (`GET /internal/shards/{s}/members`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_api::{
@@ -20,7 +21,9 @@ use ledger_raft::ShardId;
 
 use super::routing::{self, Forwardable, Routed};
 use super::ApiError;
-use crate::cluster::{declared_nodes, ClusterIdentity, MembershipAnswer, MembershipRequest};
+use crate::cluster::{
+    declared_nodes, ClusterIdentity, GroupMembers, MembershipAnswer, MembershipRequest,
+};
 use crate::node::NodeContext;
 
 type Context = State<Arc<NodeContext>>;
@@ -219,6 +222,7 @@ fn metadata_map_exists(context: &NodeContext) -> bool {
 pub async fn membership(
     State(context): Context,
     Path(shard): Path<ShardId>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request: MembershipRequest = match serde_json::from_slice(&body) {
@@ -227,13 +231,12 @@ pub async fn membership(
             return ApiError::bad_request(codes::INVALID_JSON, error.to_string()).into_response()
         }
     };
-    let forwardable = Forwardable {
-        method: Method::POST,
-        path_and_query: format!("/internal/shards/{shard}/membership"),
+    let forwardable = Forwardable::new(
+        Method::POST,
+        format!("/internal/shards/{shard}/membership"),
+        &headers,
         body,
-        hops: 0,
-        accept: None,
-    };
+    );
     membership_here_or_forwarded(&context, shard, &request, &forwardable).await
 }
 
@@ -269,6 +272,52 @@ pub async fn shard_membership_step(
         accept: None,
     };
     let response = membership_here_or_forwarded(context, shard, request, &forwardable).await;
+    let bytes = routing::success_body(response).await?;
+    serde_json::from_slice(&bytes).map_err(|error| error.to_string())
+}
+
+/// `GET /internal/shards/{shard}/members`: every node the shard's group counts, answered by its
+/// leader once a quorum confirmed it still leads (forwarded there). A node asks before deleting
+/// a replica the map moved away.
+pub async fn members(
+    State(context): Context,
+    Path(shard): Path<ShardId>,
+    headers: HeaderMap,
+) -> Response {
+    let forwardable = Forwardable::new(Method::GET, members_path(shard), &headers, Bytes::new());
+    members_here_or_forwarded(&context, shard, &forwardable).await
+}
+
+fn members_path(shard: ShardId) -> String {
+    format!("/internal/shards/{shard}/members")
+}
+
+async fn members_here_or_forwarded(
+    context: &NodeContext,
+    shard: ShardId,
+    forwardable: &Forwardable,
+) -> Response {
+    let replica = match routing::leader_replica(context, shard, forwardable).await {
+        Ok(replica) => replica,
+        Err(response) => return response,
+    };
+    // Only a leader a quorum still follows knows the group's current membership.
+    match replica.reads.confirm().await {
+        Ok(()) => Json(GroupMembers::of(&replica)).into_response(),
+        Err(error) => ApiError::unavailable(codes::UNAVAILABLE, error.to_string()).into_response(),
+    }
+}
+
+/// The node's own call: the members of `shard`'s group, from its leader wherever it is.
+pub async fn shard_members(context: &NodeContext, shard: ShardId) -> Result<GroupMembers, String> {
+    let forwardable = Forwardable {
+        method: Method::GET,
+        path_and_query: members_path(shard),
+        body: Bytes::new(),
+        hops: 0,
+        accept: None,
+    };
+    let response = members_here_or_forwarded(context, shard, &forwardable).await;
     let bytes = routing::success_body(response).await?;
     serde_json::from_slice(&bytes).map_err(|error| error.to_string())
 }

@@ -18,7 +18,7 @@ use axum::Router;
 
 use crate::node::NodeContext;
 
-pub use cluster::shard_membership_step;
+pub use cluster::{shard_members, shard_membership_step};
 pub use credits::{event_json, install_catalog_everywhere};
 pub use error::ApiError;
 pub use shards::shard_transfer_leader;
@@ -112,6 +112,7 @@ pub fn router(context: Arc<NodeContext>) -> Router {
             "/internal/shards/{shard}/membership",
             post(cluster::membership),
         )
+        .route("/internal/shards/{shard}/members", get(cluster::members))
         .route(
             "/admin/shards/{shard}/transfer-leader",
             post(shards::transfer_leader),
