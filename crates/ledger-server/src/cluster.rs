@@ -6,7 +6,8 @@
 //! A move of shard `s` from node `Y` to node `X` goes: `BeginMove` in the map (X opens an empty
 //! replica when it sees it) → `add_learner(X)` on the shard's leader → wait until X caught up →
 //! `change_membership` (openraft's joint consensus) to the new voters → `SettleMove` with the
-//! voters the group really has → Y drops its replica when it sees the settled map. Every step is
+//! voters the group really has → Y drops its replica when it sees the settled map and the group's
+//! leader confirms it no longer counts Y (`NodeContext::retire_replica`). Every step is
 //! idempotent and re-derived from the map and the group's membership, so a controller that dies
 //! midway is replaced by the next metadata leader, which finishes the same move.
 
@@ -42,6 +43,8 @@ const PEER_REFRESH_EVERY: usize = 4;
 const CONTROL_STEPS_PER_ROUND: usize = 8;
 /// Longest wait for one membership step on a shard's leader.
 const MEMBERSHIP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a group's leader to say whether it counts a replica this node would drop.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a peer's answer about the cluster.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -525,8 +528,12 @@ async fn follow_map(context: &NodeContext, map: &ClusterMap) {
 /// `NodeContext::retire_replica`.
 pub async fn retire_if_uncounted(context: &NodeContext, shard: ShardId) -> Retirement {
     let me = context.node_id();
+    // Bounded: the replica takes no Raft messages meanwhile, and the cluster loop waits.
     let counted = async {
-        let members = crate::http::shard_members(context, shard).await?;
+        let members =
+            tokio::time::timeout(MEMBERS_TIMEOUT, crate::http::shard_members(context, shard))
+                .await
+                .map_err(|_| format!("no answer within {MEMBERS_TIMEOUT:?}"))??;
         Ok(members.nodes.contains(&me))
     };
     context.retire_replica(shard, counted).await
