@@ -27,10 +27,29 @@ use crate::workload::{self, bank, linear, ClientContext, NodeClients};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of waiting for replicas to reach the same applied index after healing.
 pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bound of reading the final state (every account, every debit key, every reservation): a
-/// shard that never recovers makes each of thousands of reads retry for minutes, so what is
-/// not read by then is recorded as unread (an unknown to the checkers), and the run ends.
-pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound of a stall while reading the final state (every account, every debit key, every
+/// reservation: hundreds of thousands of reads that take minutes on a healthy cluster). A shard
+/// that never recovers would make each read retry for minutes, so once no read has been
+/// answered for this long, what is left is recorded as unread (an unknown to the checkers), and
+/// the run ends.
+pub const FINAL_READ_STALL: Duration = Duration::from_secs(60);
+
+/// The deadline of the final reads: `FINAL_READ_STALL` after the last answered read.
+struct ReadProgress {
+    deadline: tokio::time::Instant,
+}
+
+impl ReadProgress {
+    fn start() -> ReadProgress {
+        ReadProgress {
+            deadline: tokio::time::Instant::now() + FINAL_READ_STALL,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.deadline = tokio::time::Instant::now() + FINAL_READ_STALL;
+    }
+}
 
 /// The named bugs of ledgerd's `fault-injection` build, and what the self-test expects of each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -550,13 +569,20 @@ async fn read_final_state(
     operations: &[Operation],
 ) -> Result<FinalState, HarnessError> {
     let client = patient_client(urls)?;
-    let deadline = tokio::time::Instant::now() + FINAL_READ_TIMEOUT;
+    let mut progress = ReadProgress::start();
     let mut state = FinalState::default();
     for (account, limit) in accounts.bank.iter().chain(&accounts.linear) {
         state.overdraft_limits.insert(account.clone(), *limit);
-        let snapshot = tokio::time::timeout_at(deadline, read_account(&client, urls, account))
-            .await
-            .unwrap_or_else(|_| Err(unread()));
+        let snapshot =
+            match tokio::time::timeout_at(progress.deadline, read_account(&client, urls, account))
+                .await
+            {
+                Ok(snapshot) => {
+                    progress.answered();
+                    snapshot
+                }
+                Err(_) => Err(unread()),
+            };
         state.accounts.insert(account.clone(), snapshot);
     }
     let debit_keys: BTreeSet<(String, String)> = operations
@@ -568,7 +594,7 @@ async fn read_final_state(
         .collect();
     state.debit_lookups = look_up_all(
         debit_keys,
-        deadline,
+        &mut progress,
         |(account, key)| {
             let client = client.clone();
             async move {
@@ -598,7 +624,7 @@ async fn read_final_state(
         .collect();
     state.reservation_lookups = look_up_all(
         reservation_ids,
-        deadline,
+        &mut progress,
         |(account, reservation_id)| {
             let client = client.clone();
             async move {
@@ -621,14 +647,14 @@ async fn read_final_state(
 
 /// What a read not done by the final-read deadline records.
 fn unread() -> String {
-    format!("not read within the final-read bound of {FINAL_READ_TIMEOUT:?}")
+    format!("not read: no final read was answered for {FINAL_READ_STALL:?}")
 }
 
 /// Runs `look_up` for every key, a few at a time (thousands of keys, one round trip each); a
-/// key not looked up by `deadline` gets `failed(unread())`.
+/// key not looked up by the progress deadline gets `failed(unread())`.
 async fn look_up_all<V, F, Fut>(
     keys: BTreeSet<(String, String)>,
-    deadline: tokio::time::Instant,
+    progress: &mut ReadProgress,
     look_up: F,
     failed: fn(String) -> V,
 ) -> Result<BTreeMap<(String, String), V>, HarnessError>
@@ -643,18 +669,22 @@ where
         let handles: Vec<_> = chunk
             .iter()
             .map(|key| {
-                let lookup = tokio::time::timeout_at(deadline, look_up(key.clone()));
+                let lookup = tokio::time::timeout_at(progress.deadline, look_up(key.clone()));
                 let key = key.clone();
-                tokio::spawn(async move {
-                    let value = lookup.await.unwrap_or_else(|_| failed(unread()));
-                    (key, value)
-                })
+                tokio::spawn(async move { (key, lookup.await.ok()) })
             })
             .collect();
         for handle in handles {
             let (key, value) = handle.await.map_err(|error| HarnessError::Setup {
                 message: format!("a lookup task failed: {error}"),
             })?;
+            let value = match value {
+                Some(value) => {
+                    progress.answered();
+                    value
+                }
+                None => failed(unread()),
+            };
             found.insert(key, value);
         }
     }
