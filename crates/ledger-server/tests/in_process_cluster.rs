@@ -233,14 +233,7 @@ fn heal(cluster: &TestCluster) {
 async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()> {
     // Snapshot every 10 entries and keep no log behind it, so that a follower that misses a few
     // dozen entries can only catch up through a snapshot transfer.
-    let tuning = NodeTuning {
-        snapshots: SnapshotSettings {
-            entries_since_last: 10,
-            entries_to_keep: 0,
-        },
-        ..NodeTuning::default()
-    };
-    let cluster = TestCluster::start_with(3, tuning).await?;
+    let cluster = TestCluster::start_with(3, compacting()).await?;
     let account = "snapshot-account";
     let shard = shard_for_account(account, SHARDS);
     let client = LedgerClient::new(cluster.urls())?;
@@ -326,14 +319,7 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() -> Result<()
 async fn a_replica_its_group_counts_again_is_kept_and_catches_up() -> Result<()> {
     // A compacted log, as in the run: an empty replica can only catch up by a snapshot, which a
     // leader that believes the replica holds its log never sends.
-    let tuning = NodeTuning {
-        snapshots: SnapshotSettings {
-            entries_since_last: 10,
-            entries_to_keep: 0,
-        },
-        ..NodeTuning::default()
-    };
-    let cluster = TestCluster::start_with(3, tuning).await?;
+    let cluster = TestCluster::start_with(3, compacting()).await?;
     let account = "returning-replica";
     let shard = shard_for_account(account, SHARDS);
     let client = LedgerClient::new(cluster.urls())?;
@@ -425,6 +411,17 @@ async fn a_replica_its_group_counts_again_is_kept_and_catches_up() -> Result<()>
     );
     cluster.shutdown().await;
     Ok(())
+}
+
+/// A snapshot every 10 entries and no log kept behind it.
+fn compacting() -> NodeTuning {
+    NodeTuning {
+        snapshots: SnapshotSettings {
+            entries_since_last: 10,
+            entries_to_keep: 0,
+        },
+        ..NodeTuning::default()
+    }
 }
 
 /// Polls `condition` until it holds, or fails after `DEADLINE`.
