@@ -10,14 +10,18 @@ use crate::error::HarnessError;
 /// The cargo feature of `ledgerd` that compiles in the named bugs of the self-test.
 pub const FAULT_INJECTION_FEATURE: &str = "fault-injection";
 
-/// The workspace root: the parent of this crate's manifest directory (known at compile time,
-/// since the harness is always run with `cargo run` from this workspace).
+/// The workspace root: the parent of this crate's manifest directory. `cargo run` names that
+/// directory in the run's environment; the path compiled in is only the fallback, because a
+/// binary built for a clone elsewhere that shares the same `CARGO_TARGET_DIR` (CI clones do) is
+/// not rebuilt when only the clone's path differs, and would point at that other clone.
 pub fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest_dir
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.to_path_buf())
+        .unwrap_or_else(|| manifest_dir.clone())
 }
 
 /// Whether `crates/ledgerd/Cargo.toml` declares the fault-injection feature (the ledger adds it

@@ -135,7 +135,8 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
     let seed = arguments.seed.unwrap_or(now.as_nanos() as u64 % 1_000_000);
     let run_dir = match arguments.out {
         Some(path) => path,
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        None => jepsen_tests::ledgerd_binary::workspace_root()
+            .join("jepsen-tests")
             .join("runs")
             .join(run_dir_name(now.as_secs(), seed)),
     };

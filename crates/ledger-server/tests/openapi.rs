@@ -17,8 +17,14 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// Routes under this prefix are node-to-node plumbing, not part of the public API.
 const INTERNAL_PREFIX: &str = "/internal/";
 
+/// `cargo test` names the crate's directory at run time; the compiled-in path is the fallback
+/// (a test binary shared through one `CARGO_TARGET_DIR` by clones in other directories is not
+/// rebuilt for a new path).
 fn manifest_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join(relative)
 }
 
 fn read(relative: &str) -> String {
