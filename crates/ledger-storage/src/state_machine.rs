@@ -285,7 +285,15 @@ fn build_snapshot_blocking(
         .stored_last_log_id
         .is_none_or(|stored_last_log_id| stored_last_log_id <= meta.last_log_id);
     if is_newest {
-        write_snapshot(shard, &mut slot, &meta, sequence, &data)?;
+        let mut batch = WriteBatch::default();
+        put_snapshot(&mut batch, shard, &meta, sequence, &data)?;
+        // Synced: the snapshot is the state machine's checkpoint, and openraft purges the log
+        // up to it once this returns. One batch replaces the previous snapshot, so a crash
+        // leaves either one whole. (Snapshots are rare; the fsync costs nothing measurable.)
+        shard
+            .node
+            .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)?;
+        slot.stored_last_log_id = Some(meta.last_log_id);
     }
     drop(slot);
     tracing::info!(shard = shard.shard, snapshot = %meta, bytes = data.len(), "snapshot built");
@@ -325,12 +333,10 @@ fn snapshot_id(last_log_id: Option<LedgerLogId>, sequence: u64) -> String {
     }
 }
 
-/// Makes `meta` and `data` the shard's current snapshot: one fsynced batch that replaces the
-/// previous one (so a crash leaves either one whole), recorded in `slot`. Synced because the
-/// snapshot is the state machine's checkpoint: openraft purges the log up to it next.
-fn write_snapshot(
+/// Adds the writes that make `meta` and `data` the shard's current snapshot to `batch`.
+fn put_snapshot(
+    batch: &mut WriteBatch,
     shard: &ShardHandle,
-    slot: &mut SnapshotSlotState,
     meta: &LedgerSnapshotMeta,
     sequence: u64,
     data: &[u8],
@@ -340,17 +346,12 @@ fn write_snapshot(
         meta: meta.clone(),
         sequence,
     };
-    let mut batch = WriteBatch::default();
     batch.put_cf(
         family,
         snapshot_key(shard.shard, SNAPSHOT_META),
         encode(&stored_meta, "snapshot meta", shard.shard)?,
     );
     batch.put_cf(family, snapshot_key(shard.shard, SNAPSHOT_DATA), data);
-    shard
-        .node
-        .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)?;
-    slot.stored_last_log_id = Some(meta.last_log_id);
     Ok(())
 }
 
@@ -365,8 +366,14 @@ fn install_snapshot_blocking(
     let mut slot = snapshots.current.lock();
     let sequence = slot.next_sequence;
     slot.next_sequence += 1;
-    // On disk before openraft is told the install is done.
-    write_snapshot(shard, &mut slot, &meta, sequence, &data)?;
+    let mut batch = WriteBatch::default();
+    put_snapshot(&mut batch, shard, &meta, sequence, &data)?;
+    // Fsynced before openraft is told the install is done: it purges the log up to the
+    // snapshot next, and the shard's state on disk is this snapshot from now on.
+    shard
+        .node
+        .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)?;
+    slot.stored_last_log_id = Some(meta.last_log_id);
     drop(slot);
     *state.write() = installed;
     tracing::info!(shard = shard.shard, snapshot = %meta, "snapshot installed");
