@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ledger_core::{ChangeSet, Charge, Command, GrantCommand, GrantSource, Ledger};
+use ledger_core::{Charge, Command, GrantCommand, GrantSource, Ledger};
 
 const ACCOUNTS: u64 = 10_000;
 const CREDITS_PER_ACCOUNT: u64 = 1_000_000_000_000;
@@ -22,7 +22,6 @@ fn account(index: u64) -> String {
 /// A ledger with `accounts` accounts, each granted plenty of credits.
 fn funded_ledger(accounts: u64) -> Ledger {
     let mut ledger = Ledger::new();
-    let mut changes = ChangeSet::default();
     for index in 0..accounts {
         let create = Command::CreateAccount {
             account_id: account(index),
@@ -38,13 +37,12 @@ fn funded_ledger(accounts: u64) -> Ledger {
             expires_at_ms: None,
         });
         for command in [create, grant] {
-            let outcome = ledger.apply(&command, TIMESTAMP_MS, &mut changes);
+            let outcome = ledger.apply(&command, TIMESTAMP_MS);
             assert!(
                 outcome.result.is_ok(),
                 "setup command rejected: {outcome:?}"
             );
         }
-        changes.clear();
     }
     ledger
 }
@@ -57,17 +55,14 @@ fn debit(account_index: u64, sequence: u64) -> Command {
     }
 }
 
-/// Times `iterations` applies of the commands `make(i)` on a fresh copy of `base`; a change set
-/// is cleared per command, as the state machine store does per entry.
+/// Times `iterations` applies of the commands `make(i)` on a fresh copy of `base`.
 fn time_applies(base: &Ledger, iterations: u64, make: impl Fn(u64) -> Command) -> Duration {
     let mut ledger = base.clone();
     let commands: Vec<Command> = (0..iterations).map(make).collect();
-    let mut changes = ChangeSet::default();
     let started = Instant::now();
     for command in &commands {
-        let outcome = ledger.apply(command, TIMESTAMP_MS, &mut changes);
+        let outcome = ledger.apply(command, TIMESTAMP_MS);
         std::hint::black_box(&outcome);
-        changes.clear();
     }
     started.elapsed()
 }

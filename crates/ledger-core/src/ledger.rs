@@ -31,52 +31,6 @@ pub const TICK_ACCOUNTS_MAX: usize = 1_000;
 /// Longest webhook URL and secret, in bytes.
 pub const WEBHOOK_FIELD_LENGTH_MAX: usize = 2_048;
 
-/// The keys an `apply` changed, so that the storage layer can persist exactly those in the same
-/// write batch as `last_applied`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChangeSet {
-    /// Accounts whose state changed.
-    pub accounts: BTreeSet<String>,
-    /// Newly decided debit idempotency records, as (account id, idempotency key), in the order
-    /// they were decided. A key appears at most once: a decided key is never decided again.
-    pub debit_records: Vec<(String, String)>,
-    /// Newly recorded grant rejections, as (account id, grant id), in the order they were
-    /// decided. A grant id appears at most once, for the same reason.
-    pub grant_records: Vec<(String, String)>,
-    /// Reservation records created or changed, as (account id, reservation id).
-    pub reservations: BTreeSet<(String, String)>,
-    /// Accounts with new journal entries, and the sequence of the first new one.
-    pub journal: BTreeMap<String, u64>,
-    /// Sequence of the first new event, if any.
-    pub events_from: Option<u64>,
-    /// The shard's metadata changed (catalog, acknowledged events; not the last stamp, which
-    /// moves with almost every apply and is persisted with the applied state).
-    pub meta: bool,
-}
-
-impl ChangeSet {
-    pub fn clear(&mut self) {
-        *self = ChangeSet::default();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
-            && self.debit_records.is_empty()
-            && self.grant_records.is_empty()
-            && self.reservations.is_empty()
-            && self.journal.is_empty()
-            && self.events_from.is_none()
-            && !self.meta
-    }
-
-    fn mark_account(&mut self, account_id: &str) {
-        // Most batches touch an account many times: only the first touch allocates.
-        if !self.accounts.contains(account_id) {
-            self.accounts.insert(account_id.to_owned());
-        }
-    }
-}
-
 /// Shard-level state: the catalog, how far webhook delivery got, the latest stamp.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShardMeta {
@@ -351,80 +305,65 @@ impl Ledger {
     }
 
     /// Applies one command at the leader's time stamp `timestamp_ms` and returns its outcome.
-    /// Keys that changed are added to `changes`.
     ///
     /// # Panics
     /// When an invariant of the touched account breaks (conservation, no overspend): a replica
     /// in an unknown state must stop rather than answer.
-    pub fn apply(
-        &mut self,
-        command: &Command,
-        timestamp_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
-        // The stamp is persisted with `last_applied` by storage, not as a `meta` change.
+    pub fn apply(&mut self, command: &Command, timestamp_ms: u64) -> Outcome {
         self.meta.last_timestamp_ms = self.meta.last_timestamp_ms.max(timestamp_ms);
         let now_ms = self.meta.last_timestamp_ms;
         match command {
             Command::CreateAccount {
                 account_id,
                 overdraft_limit,
-            } => self.create_account(account_id, *overdraft_limit, now_ms, changes),
+            } => self.create_account(account_id, *overdraft_limit, now_ms),
             Command::UpdateAccount {
                 account_id,
                 overdraft_limit,
-            } => self.update_account(account_id, *overdraft_limit, now_ms, changes),
-            Command::Grant(grant) => self.grant(grant, now_ms, changes),
+            } => self.update_account(account_id, *overdraft_limit, now_ms),
+            Command::Grant(grant) => self.grant(grant, now_ms),
             Command::VoidGrant {
                 account_id,
                 grant_id,
-            } => self.void_grant(account_id, grant_id, now_ms, changes),
+            } => self.void_grant(account_id, grant_id, now_ms),
             Command::Debit {
                 account_id,
                 idempotency_key,
                 charge,
-            } => self.debit(account_id, idempotency_key, charge, now_ms, changes),
+            } => self.debit(account_id, idempotency_key, charge, now_ms),
             Command::Reserve {
                 account_id,
                 reservation_id,
                 amount,
                 ttl_ms,
-            } => self.reserve(
-                account_id,
-                reservation_id,
-                *amount,
-                *ttl_ms,
-                now_ms,
-                changes,
-            ),
+            } => self.reserve(account_id, reservation_id, *amount, *ttl_ms, now_ms),
             Command::Commit {
                 account_id,
                 reservation_id,
                 charge,
-            } => self.commit(account_id, reservation_id, charge, now_ms, changes),
+            } => self.commit(account_id, reservation_id, charge, now_ms),
             Command::Release {
                 account_id,
                 reservation_id,
-            } => self.release(account_id, reservation_id, now_ms, changes),
+            } => self.release(account_id, reservation_id, now_ms),
             Command::Subscribe {
                 account_id,
                 plan_id,
                 seats,
-            } => self.subscribe(account_id, plan_id, *seats, now_ms, changes),
-            Command::Unsubscribe { account_id } => self.unsubscribe(account_id, now_ms, changes),
+            } => self.subscribe(account_id, plan_id, *seats, now_ms),
+            Command::Unsubscribe { account_id } => self.unsubscribe(account_id, now_ms),
             Command::SetSpendLimit {
                 account_id,
                 scope,
                 limit,
-            } => self.set_spend_limit(account_id, *scope, limit.as_ref(), now_ms, changes),
+            } => self.set_spend_limit(account_id, *scope, limit.as_ref(), now_ms),
             Command::SetAlerts { account_id, alerts } => {
-                self.set_alerts(account_id, alerts, now_ms, changes)
+                self.set_alerts(account_id, alerts, now_ms)
             }
-            Command::UpdateCatalog(change) => self.update_catalog(change, now_ms, changes),
-            Command::InstallCatalog(catalog) => self.install_catalog(catalog, now_ms, changes),
+            Command::UpdateCatalog(change) => self.update_catalog(change, now_ms),
+            Command::InstallCatalog(catalog) => self.install_catalog(catalog, now_ms),
             Command::UpdateCluster(change) => match self.meta.cluster.apply(change) {
                 Ok(changed) => {
-                    changes.meta |= changed;
                     let updated = Accepted::ClusterUpdated {
                         version: self.meta.cluster.version,
                     };
@@ -436,12 +375,11 @@ impl Ledger {
                 }
                 Err(rejection) => rejected(rejection),
             },
-            Command::Tick => self.tick(now_ms, changes),
+            Command::Tick => self.tick(now_ms),
             Command::AcknowledgeEvents { through_seq } => {
                 let through_seq = (*through_seq).min(self.events.len() as u64);
                 if through_seq > self.meta.events_acknowledged {
                     self.meta.events_acknowledged = through_seq;
-                    changes.meta = true;
                     accepted(Accepted::Updated)
                 } else {
                     replayed(Accepted::Updated)
@@ -459,26 +397,22 @@ impl Ledger {
         &mut self,
         account_id: &str,
         now_ms: u64,
-        changes: &mut ChangeSet,
         operation: impl FnOnce(&mut Account, &Catalog, &mut Effects) -> T,
     ) -> Option<T> {
         let account = self.accounts.get_mut(account_id)?;
         let mut effects = Effects::default();
         account.settle(now_ms, &self.meta.catalog, &mut effects);
         let result = operation(account, &self.meta.catalog, &mut effects);
-        self.record_effects(account_id, effects, changes);
+        self.record_effects(account_id, effects);
         Some(result)
     }
 
-    fn record_effects(&mut self, account_id: &str, effects: Effects, changes: &mut ChangeSet) {
+    fn record_effects(&mut self, account_id: &str, effects: Effects) {
         let account = self
             .accounts
             .get_mut(account_id)
             .expect("effects of an existing account");
         account.assert_invariants();
-        // Settlement and every operation change the account (at least `settled_ms`), so it is
-        // persisted whenever it was touched.
-        changes.mark_account(account_id);
         let due_ms = account.next_due();
         if due_ms != account.due_ms {
             if let Some(previous) = account.due_ms {
@@ -494,16 +428,10 @@ impl Ledger {
                 Some(entries) => entries,
                 None => self.journals.entry(account_id.to_owned()).or_default(),
             };
-            if !changes.journal.contains_key(account_id) {
-                changes
-                    .journal
-                    .insert(account_id.to_owned(), effects.journal[0].sequence);
-            }
             entries.extend(effects.journal);
         }
         for (at_ms, kind) in effects.events {
             let sequence = self.events.len() as u64 + 1;
-            changes.events_from.get_or_insert(sequence);
             self.events.push(Event {
                 sequence,
                 at_ms,
@@ -512,21 +440,14 @@ impl Ledger {
             });
         }
         for (reservation_id, at_ms, available) in effects.expired_reservations {
-            let key = (account_id.to_owned(), reservation_id);
-            if let Some(reservation) = self.reservations.get_mut(&key) {
+            let key = (account_id, reservation_id.as_str());
+            if let Some(reservation) = self.reservations.get_mut(&key as &dyn RecordKey) {
                 reservation.state = ReservationState::Expired { at_ms, available };
-                changes.reservations.insert(key);
             }
         }
     }
 
-    fn create_account(
-        &mut self,
-        account_id: &str,
-        overdraft_limit: u64,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn create_account(&mut self, account_id: &str, overdraft_limit: u64, now_ms: u64) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
             return rejected(rejection);
         }
@@ -544,7 +465,7 @@ impl Ledger {
             account_id.to_owned(),
             Account::new(account_id, overdraft_limit, now_ms),
         );
-        self.record_effects(account_id, Effects::default(), changes);
+        self.record_effects(account_id, Effects::default());
         accepted(Accepted::AccountCreated)
     }
 
@@ -553,7 +474,6 @@ impl Ledger {
         account_id: &str,
         overdraft_limit: Option<u64>,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
             return rejected(rejection);
@@ -561,7 +481,7 @@ impl Ledger {
         if overdraft_limit.is_some_and(|limit| limit > AMOUNT_MAX) {
             return rejected(Rejection::InvalidAmount);
         }
-        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let result = self.on_account(account_id, now_ms, |account, _, effects| {
             let Some(limit) = overdraft_limit else {
                 return Ok(false);
             };
@@ -599,7 +519,7 @@ impl Ledger {
     /// to be effective from (the one it named, or its stamp). Other parameters under a decided
     /// grant id are `grant_conflict`, as other amounts under a decided debit key are
     /// `idempotency_conflict`.
-    fn grant(&mut self, command: &GrantCommand, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
+    fn grant(&mut self, command: &GrantCommand, now_ms: u64) -> Outcome {
         if let Err(rejection) = validate_identifier(&command.account_id)
             .and_then(|()| validate_identifier(&command.grant_id))
         {
@@ -639,12 +559,7 @@ impl Ledger {
             };
         }
         let Some(account) = self.accounts.get(&command.account_id) else {
-            return self.record_grant_rejection(
-                command,
-                Rejection::AccountNotFound,
-                now_ms,
-                changes,
-            );
+            return self.record_grant_rejection(command, Rejection::AccountNotFound, now_ms);
         };
         if let Some(existing) = account.grant(&command.grant_id) {
             let same = is_same_grant_request(
@@ -668,41 +583,31 @@ impl Ledger {
             .expires_at_ms
             .is_some_and(|expires_at_ms| expires_at_ms <= now_ms)
         {
-            return self.record_grant_rejection(command, Rejection::InvalidExpiry, now_ms, changes);
+            return self.record_grant_rejection(command, Rejection::InvalidExpiry, now_ms);
         }
         let fits = account
             .granted
             .checked_add(command.amount)
             .is_some_and(|total| total <= TOTAL_MAX);
         if !fits {
-            return self.record_grant_rejection(
-                command,
-                Rejection::AmountOverflow,
-                now_ms,
-                changes,
-            );
+            return self.record_grant_rejection(command, Rejection::AmountOverflow, now_ms);
         }
         // `on_account` settles before adding, so that the new grant cannot take part in instants
         // before it existed.
-        self.on_account(
-            &command.account_id,
-            now_ms,
-            changes,
-            |account, _, effects| {
-                account.add_grant(
-                    &command.grant_id,
-                    command.amount,
-                    command.source,
-                    command.priority,
-                    command.effective_at_ms.unwrap_or(now_ms),
-                    command.expires_at_ms,
-                    now_ms,
-                    effects,
-                );
-                // Overage is repaid first by a later grant, as soon as it is effective.
-                account.after_change(now_ms, effects);
-            },
-        );
+        self.on_account(&command.account_id, now_ms, |account, _, effects| {
+            account.add_grant(
+                &command.grant_id,
+                command.amount,
+                command.source,
+                command.priority,
+                command.effective_at_ms.unwrap_or(now_ms),
+                command.expires_at_ms,
+                now_ms,
+                effects,
+            );
+            // Overage is repaid first by a later grant, as soon as it is effective.
+            account.after_change(now_ms, effects);
+        });
         accepted(Accepted::Granted)
     }
 
@@ -712,7 +617,6 @@ impl Ledger {
         command: &GrantCommand,
         rejection: Rejection,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         let record_key = (command.account_id.clone(), command.grant_id.clone());
         assert!(
@@ -721,7 +625,6 @@ impl Ledger {
                 .is_none_or(|account| account.grant(&command.grant_id).is_none()),
             "a rejection was recorded for an accepted grant id"
         );
-        changes.grant_records.push(record_key.clone());
         let previous = self.grant_records.insert(
             record_key,
             GrantRecord {
@@ -740,19 +643,13 @@ impl Ledger {
 
     /// Voids what is left of a grant. A void is a setting, not a keyed decision: voiding again
     /// is a replay that reports what the first void voided.
-    fn void_grant(
-        &mut self,
-        account_id: &str,
-        grant_id: &str,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn void_grant(&mut self, account_id: &str, grant_id: &str, now_ms: u64) -> Outcome {
         if let Err(rejection) =
             validate_identifier(account_id).and_then(|()| validate_grant_reference(grant_id))
         {
             return rejected(rejection);
         }
-        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let result = self.on_account(account_id, now_ms, |account, _, effects| {
             account.void_grant(grant_id, now_ms, effects)
         });
         match result {
@@ -776,7 +673,6 @@ impl Ledger {
         idempotency_key: &str,
         charge: &Charge,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         // The checks of the command alone record nothing: their answer does not depend on state,
         // so a retry gets it again anyway, and nothing was applied (the key stays free).
@@ -798,13 +694,12 @@ impl Ledger {
             }
         }
         let result = self
-            .on_account(account_id, now_ms, changes, |account, catalog, effects| {
+            .on_account(account_id, now_ms, |account, catalog, effects| {
                 let priced = price(charge, catalog)?;
                 account.debit(idempotency_key, priced, now_ms, effects)
             })
             .unwrap_or(Err(Rejection::AccountNotFound));
         let record_key = (account_id.to_owned(), idempotency_key.to_owned());
-        changes.debit_records.push(record_key.clone());
         let previous = self.debit_records.insert(
             record_key,
             DebitRecord {
@@ -827,7 +722,6 @@ impl Ledger {
         amount: u64,
         ttl_ms: u64,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         if let Err(rejection) =
             validate_identifier(account_id).and_then(|()| validate_identifier(reservation_id))
@@ -851,7 +745,7 @@ impl Ledger {
             };
         }
         let result = self
-            .on_account(account_id, now_ms, changes, |account, _, effects| {
+            .on_account(account_id, now_ms, |account, _, effects| {
                 account.reserve(reservation_id, amount, ttl_ms, now_ms, effects)
             })
             .unwrap_or(Err(Rejection::AccountNotFound));
@@ -862,7 +756,7 @@ impl Ledger {
             },
         };
         self.reservations.insert(
-            key.clone(),
+            key,
             Reservation {
                 amount,
                 ttl_ms,
@@ -873,7 +767,6 @@ impl Ledger {
                 failed_commits: Vec::new(),
             },
         );
-        changes.reservations.insert(key);
         accepted_or_rejected(result)
     }
 
@@ -889,7 +782,6 @@ impl Ledger {
         reservation_id: &str,
         charge: &Charge,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id)
             .and_then(|()| validate_identifier(reservation_id))
@@ -897,8 +789,8 @@ impl Ledger {
         {
             return rejected(rejection);
         }
-        let key = (account_id.to_owned(), reservation_id.to_owned());
-        let Some(reservation) = self.reservations.get(&key) else {
+        let key = (account_id, reservation_id);
+        let Some(reservation) = self.reservations.get(&key as &dyn RecordKey) else {
             return rejected(Rejection::ReservationNotFound);
         };
         if let Some((_, rejection)) = reservation
@@ -937,7 +829,7 @@ impl Ledger {
             ReservationState::Rejected { .. } => return rejected(Rejection::ReservationNotFound),
         }
         let result = self
-            .on_account(account_id, now_ms, changes, |account, catalog, effects| {
+            .on_account(account_id, now_ms, |account, catalog, effects| {
                 // Settled first: the hold may have just timed out.
                 if !account
                     .holds
@@ -952,7 +844,7 @@ impl Ledger {
             .unwrap_or(Err(Rejection::AccountNotFound));
         let reservation = self
             .reservations
-            .get_mut(&key)
+            .get_mut(&key as &dyn RecordKey)
             .expect("the reservation looked up above");
         match &result {
             Ok(Accepted::Committed {
@@ -977,39 +869,32 @@ impl Ledger {
                 .push((charge.clone(), *rejection)),
             Ok(other) => unreachable!("a commit answered {other:?}"),
         }
-        changes.reservations.insert(key);
         accepted_or_rejected(result)
     }
 
     /// Releases a reservation. Idempotent: releasing again, or after its time to live released
     /// it, answers with that release.
-    fn release(
-        &mut self,
-        account_id: &str,
-        reservation_id: &str,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn release(&mut self, account_id: &str, reservation_id: &str, now_ms: u64) -> Outcome {
         if let Err(rejection) =
             validate_identifier(account_id).and_then(|()| validate_identifier(reservation_id))
         {
             return rejected(rejection);
         }
-        let key = (account_id.to_owned(), reservation_id.to_owned());
-        let Some(reservation) = self.reservations.get(&key) else {
+        let key = (account_id, reservation_id);
+        let Some(reservation) = self.reservations.get(&key as &dyn RecordKey) else {
             return rejected(Rejection::ReservationNotFound);
         };
         let amount = reservation.amount;
         if let Some(outcome) = finished_release(reservation) {
             return outcome;
         }
-        let released = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let released = self.on_account(account_id, now_ms, |account, _, effects| {
             let released = account.release_hold(reservation_id, now_ms, effects);
             (released > 0).then(|| account.available(now_ms))
         });
         let reservation = self
             .reservations
-            .get_mut(&key)
+            .get_mut(&key as &dyn RecordKey)
             .expect("the reservation looked up above");
         match released.flatten() {
             Some(available) => {
@@ -1017,7 +902,6 @@ impl Ledger {
                     at_ms: now_ms,
                     available,
                 };
-                changes.reservations.insert(key);
                 accepted(Accepted::Released {
                     released: amount,
                     available,
@@ -1031,14 +915,7 @@ impl Ledger {
         }
     }
 
-    fn subscribe(
-        &mut self,
-        account_id: &str,
-        plan_id: &str,
-        seats: u64,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn subscribe(&mut self, account_id: &str, plan_id: &str, seats: u64, now_ms: u64) -> Outcome {
         if let Err(rejection) =
             validate_identifier(account_id).and_then(|()| validate_identifier(plan_id))
         {
@@ -1050,19 +927,21 @@ impl Ledger {
         let Some(plan) = self.meta.catalog.plans.get(plan_id).cloned() else {
             return rejected(Rejection::PlanNotFound);
         };
-        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let result = self.on_account(account_id, now_ms, |account, _, effects| {
             Ok(account.subscribe(&plan, seats, now_ms, effects))
         });
         setting_outcome(result)
     }
 
-    fn unsubscribe(&mut self, account_id: &str, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
+    fn unsubscribe(&mut self, account_id: &str, now_ms: u64) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
             return rejected(rejection);
         }
-        let result = self.on_account(account_id, now_ms, changes, |account, _, _| {
-            Ok(account.unsubscribe())
-        });
+        let result = self.on_account(
+            account_id,
+            now_ms,
+            |account, _, _| Ok(account.unsubscribe()),
+        );
         setting_outcome(result)
     }
 
@@ -1072,7 +951,6 @@ impl Ledger {
         scope: LimitScope,
         limit: Option<&SpendLimitTerms>,
         now_ms: u64,
-        changes: &mut ChangeSet,
     ) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
             return rejected(rejection);
@@ -1102,7 +980,7 @@ impl Ledger {
                 .map(|entry| entry.amount)
                 .sum()
         });
-        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let result = self.on_account(account_id, now_ms, |account, _, effects| {
             let unchanged = account.limits.get(&scope).map(|current| &current.terms) == limit;
             if unchanged {
                 return Ok(false);
@@ -1113,13 +991,7 @@ impl Ledger {
         setting_outcome(result)
     }
 
-    fn set_alerts(
-        &mut self,
-        account_id: &str,
-        alerts: &AlertSettings,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn set_alerts(&mut self, account_id: &str, alerts: &AlertSettings, now_ms: u64) -> Outcome {
         if let Err(rejection) = validate_identifier(account_id) {
             return rejected(rejection);
         }
@@ -1136,7 +1008,7 @@ impl Ledger {
         let mut normalized = alerts.clone();
         normalized.low_balance.sort_unstable();
         normalized.low_balance.dedup();
-        let result = self.on_account(account_id, now_ms, changes, |account, _, effects| {
+        let result = self.on_account(account_id, now_ms, |account, _, effects| {
             if account.alerts == normalized {
                 return Ok(false);
             }
@@ -1156,12 +1028,7 @@ impl Ledger {
 
     // ------------------------------------------------------------ shard-level commands
 
-    fn update_catalog(
-        &mut self,
-        change: &CatalogChange,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn update_catalog(&mut self, change: &CatalogChange, now_ms: u64) -> Outcome {
         if let Err(rejection) = validate_catalog_change(change) {
             return rejected(rejection);
         }
@@ -1218,25 +1085,20 @@ impl Ledger {
         };
         catalog.version += 1;
         let catalog_version = catalog.version;
-        self.replace_catalog(catalog, now_ms, changes);
+        self.replace_catalog(catalog, now_ms);
         accepted(Accepted::CatalogUpdated {
             catalog_version,
             item_version,
         })
     }
 
-    fn install_catalog(
-        &mut self,
-        catalog: &Catalog,
-        now_ms: u64,
-        changes: &mut ChangeSet,
-    ) -> Outcome {
+    fn install_catalog(&mut self, catalog: &Catalog, now_ms: u64) -> Outcome {
         if catalog.version <= self.meta.catalog.version {
             return replayed(Accepted::CatalogInstalled {
                 catalog_version: self.meta.catalog.version,
             });
         }
-        self.replace_catalog(catalog.clone(), now_ms, changes);
+        self.replace_catalog(catalog.clone(), now_ms);
         accepted(Accepted::CatalogInstalled {
             catalog_version: catalog.version,
         })
@@ -1244,7 +1106,7 @@ impl Ledger {
 
     /// Installs a new catalog. When plans change, every subscribed account is settled through
     /// now first, so that period resets before this instant use the terms they had then.
-    fn replace_catalog(&mut self, catalog: Catalog, now_ms: u64, changes: &mut ChangeSet) {
+    fn replace_catalog(&mut self, catalog: Catalog, now_ms: u64) {
         if catalog.plans != self.meta.catalog.plans {
             let subscribed: Vec<String> = self
                 .accounts
@@ -1253,15 +1115,14 @@ impl Ledger {
                 .map(|account| account.account_id.clone())
                 .collect();
             for account_id in subscribed {
-                self.on_account(&account_id, now_ms, changes, |_, _, _| ());
+                self.on_account(&account_id, now_ms, |_, _, _| ());
             }
         }
         self.meta.catalog = catalog;
-        changes.meta = true;
     }
 
     /// Settles the accounts due by `now_ms`, earliest first, at most `TICK_ACCOUNTS_MAX`.
-    fn tick(&mut self, now_ms: u64, changes: &mut ChangeSet) -> Outcome {
+    fn tick(&mut self, now_ms: u64) -> Outcome {
         let due: Vec<String> = self
             .due
             .iter()
@@ -1270,7 +1131,7 @@ impl Ledger {
             .map(|(_, account_id)| account_id.clone())
             .collect();
         for account_id in &due {
-            self.on_account(account_id, now_ms, changes, |_, _, _| ());
+            self.on_account(account_id, now_ms, |_, _, _| ());
         }
         accepted(Accepted::Ticked {
             accounts_settled: due.len() as u64,

@@ -1,9 +1,9 @@
 //! `ledger-core`: the pure, deterministic ledger state machine.
 //!
-//! Commands and a timestamp go in; outcomes and the set of changed keys come out. Every
-//! accept/reject decision of the ledger is taken here, at apply time, in log order, identically
-//! on every replica: grants, debits priced by the rate card, reservations, expiry, voids,
-//! subscriptions and their period resets, spend limits, alerts, and the journal they all write.
+//! Commands and a timestamp go in; outcomes come out. Every accept/reject decision of the
+//! ledger is taken here, at apply time, in log order, identically on every replica: grants,
+//! debits priced by the rate card, reservations, expiry, voids, subscriptions and their period
+//! resets, spend limits, alerts, and the journal they all write.
 //!
 //! **Boundary:** this crate does no I/O, reads no clock, spawns nothing and is not async. It must
 //! never depend on openraft, RocksDB, actix, tokio, axum or any serialization format (it only
@@ -21,7 +21,7 @@
 //! - `types.rs`: the vocabulary: `Command`, `Outcome`, `Rejection` (stable codes), `Account`,
 //!   `Grant`, `Reservation`, the catalog (rate card, plans, webhook), records, bounds.
 //! - `ledger.rs`: `Ledger::apply`, the only entry point of a decision; records, the due index,
-//!   `Tick`, the catalog, `view`, `digest`, `restore`, `ChangeSet`.
+//!   `Tick`, the catalog, `view`, `digest`, `restore`.
 //! - `account.rs`: the credit mechanics of one account and its lazy settlement in time order.
 //! - `journal.rs`: journal entries, events, and the reports (usage, balance at, statement).
 //! - `period.rs`: ISO 8601 periods and calendar arithmetic.
@@ -46,7 +46,7 @@ pub use journal::{
     Statement,
 };
 pub use ledger::{
-    validate_identifier, AccountView, ChangeSet, Ledger, LedgerParts, ShardMeta, TICK_ACCOUNTS_MAX,
+    validate_identifier, AccountView, Ledger, LedgerParts, ShardMeta, TICK_ACCOUNTS_MAX,
     WEBHOOK_FIELD_LENGTH_MAX,
 };
 pub use period::{Period, PeriodError};

@@ -90,11 +90,4 @@ pub enum StorageError {
     /// A blocking storage task panicked or was cancelled.
     #[error("blocking storage task for shard {shard} did not complete: {detail}")]
     BlockingTask { shard: ShardId, detail: String },
-
-    /// A test switched on a fail point on this path (see `FailPoints`).
-    #[error("fail point {fail_point} triggered (shard {shard})")]
-    FailPoint {
-        fail_point: &'static str,
-        shard: ShardId,
-    },
 }

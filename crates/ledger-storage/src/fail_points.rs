@@ -1,8 +1,8 @@
 //! Fail points on the durability paths, switched on by tests (and chaos tooling) at run time.
 //!
-//! They sit where TiKV puts its `fail` crate points: on the WAL sync of the log and on the write
-//! of the state machine at apply. When off, each costs one relaxed atomic load per sync or apply,
-//! which is why they are compiled in rather than behind a feature.
+//! They sit where TiKV puts its `fail` crate points, on the WAL sync of the log (the state
+//! machine writes nothing at apply; its checkpoint is the snapshot). When off, each costs one
+//! relaxed atomic load per sync, which is why they are compiled in rather than behind a feature.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use crate::syncer::SyncerShared;
 /// The fail points of one node's storage; see `NodeStorage::fail_points`.
 pub struct FailPoints {
     wal_sync_error: AtomicBool,
-    apply_write_error: AtomicBool,
     syncer: Arc<SyncerShared>,
 }
 
@@ -20,7 +19,6 @@ impl FailPoints {
     pub(crate) fn new(syncer: Arc<SyncerShared>) -> FailPoints {
         FailPoints {
             wal_sync_error: AtomicBool::new(false),
-            apply_write_error: AtomicBool::new(false),
             syncer,
         }
     }
@@ -29,11 +27,6 @@ impl FailPoints {
     /// error, and (as after a real fsync failure) every later sync of this node fails too.
     pub fn set_wal_sync_error(&self, enabled: bool) {
         self.wal_sync_error.store(enabled, Ordering::Relaxed);
-    }
-
-    /// While set, `apply` fails before writing its batch, as if RocksDB had refused the write.
-    pub fn set_apply_write_error(&self, enabled: bool) {
-        self.apply_write_error.store(enabled, Ordering::Relaxed);
     }
 
     /// Holds the WAL syncer: appends still write and return, but their callbacks wait (and pile
@@ -53,9 +46,5 @@ impl FailPoints {
 
     pub(crate) fn wal_sync_error_is_set(&self) -> bool {
         self.wal_sync_error.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn apply_write_error_is_set(&self) -> bool {
-        self.apply_write_error.load(Ordering::Relaxed)
     }
 }

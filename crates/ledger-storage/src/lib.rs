@@ -1,16 +1,17 @@
 //! `ledger-storage`: the RocksDB storage of a ledger node.
 //!
 //! One RocksDB per node ([`NodeStorage`]) holds every shard it hosts, in column families by
-//! purpose (`raft_log`, `raft_state`, `ledger`, `snapshot`) with keys prefixed by the shard id.
+//! purpose (`raft_log`, `raft_state`, `snapshot`) with keys prefixed by the shard id.
 //! [`NodeStorage::open_shard`] gives a shard's openraft stores:
 //!
 //! - [`LogStore`] (`RaftLogStorage`): appends are written at once and acknowledged after the WAL
 //!   is fsynced by one syncer thread per node, which serves the appends of all shards with one
 //!   fsync (group commit). The vote is fsynced before `save_vote` returns.
 //! - [`StateMachineStore`] (`RaftStateMachine`): the shard's `ledger_core::Ledger` in memory,
-//!   shared with readers as a `SharedShardState`, persisted with one write batch per `apply`
-//!   (changed accounts, debit records and grant records with `last_applied`), snapshots
-//!   installed with one fsynced batch.
+//!   shared with readers as a `SharedShardState`. `apply` changes memory only: the Raft log is
+//!   the state machine's write-ahead log, and the state is checkpointed as the shard's current
+//!   snapshot (built by openraft's snapshot policy or installed, each one fsynced batch). A
+//!   shard opens with its snapshot's state and openraft re-applies the committed log after it.
 //!
 //! The on-disk layout is described in `keys.rs`; the durability argument of every unsynced
 //! write is next to it, in `log_store.rs` and `state_machine.rs`.

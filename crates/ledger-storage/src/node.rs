@@ -4,14 +4,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledger_core::{
-    Account, DebitRecord, GrantRecord, JournalEntry, Ledger, LedgerParts, Reservation,
-};
-use ledger_raft::{Entry, LedgerLogId, ShardId, ShardState, SharedShardState};
+use ledger_raft::{Entry, LedgerLogId, ShardId, SharedShardState};
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    MemtableFactory, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use crate::codec::decode;
@@ -19,7 +16,7 @@ use crate::error::StorageError;
 use crate::fail_points::FailPoints;
 use crate::keys::*;
 use crate::log_store::{LogPointers, LogStore};
-use crate::state_machine::{AppliedState, SnapshotSlot, StateMachineStore};
+use crate::state_machine::{load_state, SnapshotSlot, StateMachineStore};
 use crate::syncer::{LogSyncStats, SyncerShared, WalSyncer};
 
 /// The storage of one node: one RocksDB holding the Raft logs and state machines of all the
@@ -76,40 +73,32 @@ impl NodeStorage {
         // Writes go to the WAL file at once (a process crash loses nothing); only the fsync is
         // deferred to the syncer. `manual_wal_flush` stays off for that reason.
         db_options.set_manual_wal_flush(false);
-        // The vector memtable of the `ledger` family (below) takes no concurrent inserts.
-        db_options.set_allow_concurrent_memtable_write(false);
         let column_families = COLUMN_FAMILIES.iter().map(|name| {
             let mut family_options = Options::default();
             family_options.set_compression_type(DBCompressionType::Lz4);
-            if *name == CF_LEDGER {
-                // The `ledger` family is written on every apply and read only when a shard is
-                // loaded (its reads are served from memory). A skip list would sort each key
-                // on insert (a search through the whole memtable, comparing long keys with
-                // shared prefixes: 15-20% of a node's CPU under batched debits); a vector
-                // appends and sorts once, when the memtable is flushed. Its point reads and
-                // iterators sort a copy, so the family is flushed at open, before the loads
-                // at start; a replica placed later sorts that copy once.
-                family_options.set_memtable_factory(MemtableFactory::Vector);
-            }
             ColumnFamilyDescriptor::new(*name, family_options)
         });
-        let db =
-            DB::open_cf_descriptors(&db_options, &path, column_families).map_err(|source| {
-                StorageError::Open {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-        // What the WAL replay put in the `ledger` memtable goes to a table file now: shard
-        // loads then read it without sorting the vector memtable (see above).
-        let ledger_family = db
-            .cf_handle(CF_LEDGER)
-            .unwrap_or_else(|| panic!("column family {CF_LEDGER} was opened just now"));
-        db.flush_cf(ledger_family)
-            .map_err(|source| StorageError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        // A database written before the state machine was checkpointed by snapshots only has a
+        // `ledger` family (the applied state, written on every apply). Nothing reads it now: a
+        // shard opens from its snapshot and the log after it, which openraft never purges past
+        // a snapshot. It is opened (RocksDB opens every family or none) and dropped.
+        let legacy_family = DB::list_cf(&db_options, &path)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|name| name.as_str() == CF_LEGACY_LEDGER);
+        let legacy = legacy_family
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name.as_str(), Options::default()));
+        let open_error = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut db = DB::open_cf_descriptors(&db_options, &path, column_families.chain(legacy))
+            .map_err(open_error)?;
+        if legacy_family.is_some() {
+            db.drop_cf(CF_LEGACY_LEDGER).map_err(open_error)?;
+            tracing::info!(path = %path.display(), "dropped the legacy `ledger` column family");
+        }
         let db = Arc::new(db);
         let syncer_shared = Arc::new(SyncerShared::new());
         let fail_points = Arc::new(FailPoints::new(Arc::clone(&syncer_shared)));
@@ -131,11 +120,12 @@ impl NodeStorage {
         })
     }
 
-    /// Opens the log store and the state machine store of `shard`, loading its applied ledger
-    /// from disk into the returned `SharedShardState` (which the state machine store writes and
-    /// readers share).
+    /// Opens the log store and the state machine store of `shard`, loading the state of its
+    /// current snapshot into the returned `SharedShardState` (which the state machine store
+    /// writes and readers share). openraft re-applies the committed log after the snapshot when
+    /// the group starts (`openraft::StorageHelper::get_initial_state`).
     ///
-    /// Blocking: it reads the shard's whole ledger. From async code call it inside
+    /// Blocking: it reads and decodes the shard's snapshot. From async code call it inside
     /// `tokio::task::spawn_blocking`. A shard can be open once at a time; it can be opened again
     /// after both of its stores (and their readers and snapshot builders) are dropped.
     pub fn open_shard(
@@ -145,8 +135,8 @@ impl NodeStorage {
         // From here on, dropping the handle (also on an error below) releases the claim.
         let handle = Arc::new(self.claim_shard(shard)?);
         let log_pointers = load_log_pointers(&handle)?;
-        let shard_state = load_shard_state(&handle)?;
         let snapshot_slot = SnapshotSlot::load(&handle)?;
+        let shard_state = load_state(&handle)?;
         tracing::info!(
             shard,
             last_purged = ?log_pointers.last_purged_log_id,
@@ -193,7 +183,7 @@ impl NodeStorage {
         }
         handle
             .node
-            .write(batch, Durability::Synced, CF_LEDGER, shard)?;
+            .write(batch, Durability::Synced, CF_RAFT_STATE, shard)?;
         tracing::info!(shard, "shard replica deleted from storage");
         Ok(())
     }
@@ -202,8 +192,9 @@ impl NodeStorage {
     /// Blocking.
     pub fn stored_shards(&self) -> Result<BTreeSet<ShardId>, StorageError> {
         let mut shards = BTreeSet::new();
-        // Every replica stores its vote or its applied state once its group started.
-        for family in [CF_RAFT_STATE, CF_LEDGER] {
+        // Every replica stores its vote once its group started, or a snapshot once one was
+        // installed.
+        for family in [CF_RAFT_STATE, CF_SNAPSHOT] {
             let mut next: ShardId = 0;
             loop {
                 let mut found = None;
@@ -414,91 +405,5 @@ fn load_log_pointers(handle: &ShardHandle) -> Result<LogPointers, StorageError> 
     Ok(LogPointers {
         last_purged_log_id,
         last_present_log_id,
-    })
-}
-
-fn load_shard_state(handle: &ShardHandle) -> Result<ShardState, StorageError> {
-    let shard = handle.shard;
-    let mut applied_state = AppliedState::default();
-    let mut parts = LedgerParts::default();
-    let (start, end) = shard_range(shard);
-    handle.node.scan(
-        CF_LEDGER,
-        &start,
-        &end,
-        Direction::Forward,
-        shard,
-        |key, value| {
-            match parse_ledger_key(key) {
-                Some(LedgerKey::AppliedState) => {
-                    applied_state = decode(value, "applied state", shard)?;
-                }
-                Some(LedgerKey::Account { account_id }) => {
-                    let account: Account = decode(value, "account", shard)?;
-                    if account.account_id != account_id {
-                        return Err(StorageError::Corrupt {
-                            what: "account",
-                            shard,
-                            detail: format!(
-                                "key names account {account_id:?}, value is account {:?}",
-                                account.account_id
-                            ),
-                        });
-                    }
-                    parts.accounts.push(account);
-                }
-                Some(LedgerKey::DebitRecord {
-                    account_id,
-                    idempotency_key,
-                }) => {
-                    let record: DebitRecord = decode(value, "debit record", shard)?;
-                    parts
-                        .debit_records
-                        .push(((account_id, idempotency_key), record));
-                }
-                Some(LedgerKey::GrantRecord {
-                    account_id,
-                    grant_id,
-                }) => {
-                    let record: GrantRecord = decode(value, "grant record", shard)?;
-                    parts.grant_records.push(((account_id, grant_id), record));
-                }
-                Some(LedgerKey::Reservation {
-                    account_id,
-                    reservation_id,
-                }) => {
-                    let reservation: Reservation = decode(value, "reservation", shard)?;
-                    parts
-                        .reservations
-                        .push(((account_id, reservation_id), reservation));
-                }
-                Some(LedgerKey::Journal { account_id, .. }) => {
-                    let entry: JournalEntry = decode(value, "journal entry", shard)?;
-                    parts.journal.push((account_id, entry));
-                }
-                Some(LedgerKey::Event { .. }) => {
-                    parts.events.push(decode(value, "event", shard)?);
-                }
-                Some(LedgerKey::ShardMeta) => {
-                    parts.meta = decode(value, "shard meta", shard)?;
-                }
-                None => {
-                    return Err(StorageError::Corrupt {
-                        what: "ledger key",
-                        shard,
-                        detail: format!("malformed key {key:?}"),
-                    });
-                }
-            }
-            Ok(true)
-        },
-    )?;
-    // The stamp moves with almost every apply, so it is stored with `last_applied` rather than
-    // with the rest of the shard's metadata.
-    parts.meta.last_timestamp_ms = applied_state.last_timestamp_ms;
-    Ok(ShardState {
-        ledger: Ledger::restore(parts),
-        last_applied: applied_state.last_applied,
-        last_membership: applied_state.last_membership,
     })
 }

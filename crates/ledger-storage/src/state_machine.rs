@@ -1,28 +1,27 @@
 //! The state machine store of one shard (`RaftStateMachine`): the ledger in memory, shared with
-//! readers, and persisted in the node's `ledger` column family; snapshots in `snapshot`.
+//! readers, checkpointed as the shard's current snapshot in the `snapshot` column family.
 //!
-//! **Invariant:** the `ledger` column family holds, for each shard, exactly the accounts, debit
-//! records and grant records of the in-memory ledger at the persisted `last_applied`: every
-//! `apply` call writes the keys its commands changed together with `last_applied`,
-//! `last_membership` and the ledger's last time stamp in one write batch.
-//! **Invariant:** a snapshot install replaces the shard's whole `ledger` range, its applied state
-//! and its current snapshot in one fsynced write batch: a half-installed snapshot never survives
-//! a crash.
+//! **The Raft log is the state machine's write-ahead log.** `apply` changes memory only; the
+//! state reaches the disk as a snapshot (built by openraft's snapshot policy, or installed from
+//! the leader). A shard opens with the state of its current snapshot, and openraft re-applies
+//! the committed entries after it from the log (`read_committed`, then the leader's commit
+//! index). This is sound because openraft purges the log only up to a snapshot it has built or
+//! installed: every applied entry is either in the current snapshot or still in the log.
+//! **Invariant:** a snapshot install replaces the shard's state and its current snapshot in one
+//! fsynced write batch; a half-installed snapshot never survives a crash.
+//! **Invariant:** a snapshot's bytes are the state at its `last_log_id` exactly: the copy is taken
+//! under the state's lock, between two applies.
 //!
-//! The apply path is split into phases so that a fault can be injected between them (see
-//! `FailPoints`): apply in memory under the write lock (`apply_entries`), encode the changed keys
-//! under the read lock (`encode_changes`), then write the batch (`write_changes`).
-//!
-//! Blocking choice: `apply`, snapshot building, installing and reading run on tokio's blocking
-//! pool (they run the ledger, encode whole shards or write to RocksDB); `applied_state` reads
-//! memory only.
+//! Blocking choice: `apply` runs the ledger in memory on the calling task (no I/O). Snapshot
+//! building, installing and reading run on tokio's blocking pool (they encode or decode whole
+//! shards and write to RocksDB); `applied_state` reads memory only.
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use ledger_core::{
-    Account, ChangeSet, DebitRecord, Event, GrantRecord, JournalEntry, Ledger, LedgerParts,
-    Reservation, ShardMeta,
+    Account, DebitRecord, Event, GrantRecord, JournalEntry, Ledger, LedgerParts, Reservation,
+    ShardMeta,
 };
 use ledger_raft::{
     BatchOutcome, Entry, LedgerLogId, LedgerMembership, LedgerNode, NodeId, ShardId, ShardState,
@@ -30,14 +29,14 @@ use ledger_raft::{
 };
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership};
-use parking_lot::{Mutex, RwLockWriteGuard};
+use parking_lot::Mutex;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::error::StorageError;
 use crate::keys::*;
-use crate::node::{run_blocking, run_inline, Durability, ShardHandle};
+use crate::node::{run_blocking, Durability, ShardHandle};
 
 type RaftStorageError = openraft::StorageError<NodeId>;
 type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
@@ -46,14 +45,6 @@ type LedgerSnapshotMeta = SnapshotMeta<NodeId, LedgerNode>;
 /// Version 2 added `grant_records`; version 3 the credit semantics (reservations, journal,
 /// events, the shard's metadata); version 4 the cluster map in the shard metadata.
 const SNAPSHOT_FORMAT_VERSION: u32 = 4;
-
-/// What the `ledger` column family records besides accounts, debit records and grant records.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AppliedState {
-    pub(crate) last_applied: Option<LedgerLogId>,
-    pub(crate) last_membership: LedgerMembership,
-    pub(crate) last_timestamp_ms: u64,
-}
 
 /// The bytes of a snapshot after its format version (a bincode `u32` first): a shard's whole
 /// applied state.
@@ -177,14 +168,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let Some(last_log_id) = entries.last().map(|entry| entry.log_id) else {
-            return Ok(Vec::new());
-        };
-        let shard = Arc::clone(&self.shard);
-        let state = Arc::clone(&self.state);
-        run_inline(move || apply_and_persist(&shard, &state, entries))
-            .map_err(|error| StorageIOError::apply(last_log_id, &error).into())
+        // Memory only: the entries are durable in the log, and openraft re-applies those after
+        // the current snapshot when the shard opens again.
+        let mut state = self.state.write();
+        Ok(apply_entries(&mut state, entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> ShardSnapshotBuilder {
@@ -242,28 +229,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     }
 }
 
-fn apply_and_persist(
-    shard: &ShardHandle,
-    state: &SharedShardState,
-    entries: Vec<Entry>,
-) -> Result<Vec<BatchOutcome>, StorageError> {
-    let mut changes = ChangeSet::default();
-    let mut write_guard = state.write();
-    let outcomes = apply_entries(&mut write_guard, entries, &mut changes);
-    // Readers may go on while the changes are encoded; the next apply cannot start before this
-    // one returns (openraft applies in sequence), so the state does not move meanwhile.
-    let read_guard = RwLockWriteGuard::downgrade(write_guard);
-    let batch = encode_changes(shard, &read_guard, &changes)?;
-    drop(read_guard);
-    write_changes(shard, batch)?;
-    Ok(outcomes)
-}
-
-/// Applies `entries` to the in-memory state, in order, collecting the changed keys.
+/// Applies `entries` to the in-memory state, in order.
 fn apply_entries(
     state: &mut ShardState,
-    entries: Vec<Entry>,
-    changes: &mut ChangeSet,
+    entries: impl IntoIterator<Item = Entry>,
 ) -> Vec<BatchOutcome> {
     entries
         .into_iter()
@@ -281,7 +250,7 @@ fn apply_entries(
                     outcomes: batch
                         .commands
                         .iter()
-                        .map(|command| state.ledger.apply(command, batch.timestamp_ms, changes))
+                        .map(|command| state.ledger.apply(command, batch.timestamp_ms))
                         .collect(),
                 },
                 EntryPayload::Membership(membership) => {
@@ -291,106 +260,6 @@ fn apply_entries(
             }
         })
         .collect()
-}
-
-/// One write batch with every account, debit record and grant record named by `changes`, as
-/// they are in `state` now, and the applied state.
-fn encode_changes(
-    shard: &ShardHandle,
-    state: &ShardState,
-    changes: &ChangeSet,
-) -> Result<WriteBatch, StorageError> {
-    let shard_id = shard.shard;
-    let family = shard.node.cf(CF_LEDGER);
-    let mut batch = WriteBatch::default();
-    for account_id in &changes.accounts {
-        let key = account_key(shard_id, account_id);
-        match state.ledger.account(account_id) {
-            Some(account) => batch.put_cf(family, key, encode(account, "account", shard_id)?),
-            None => batch.delete_cf(family, key),
-        }
-    }
-    for (account_id, idempotency_key) in &changes.debit_records {
-        let key = debit_record_key(shard_id, account_id, idempotency_key);
-        match state.ledger.debit_record(account_id, idempotency_key) {
-            Some(record) => batch.put_cf(family, key, encode(record, "debit record", shard_id)?),
-            None => batch.delete_cf(family, key),
-        }
-    }
-    for (account_id, grant_id) in &changes.grant_records {
-        let key = grant_record_key(shard_id, account_id, grant_id);
-        match state.ledger.grant_record(account_id, grant_id) {
-            Some(record) => batch.put_cf(family, key, encode(record, "grant record", shard_id)?),
-            None => batch.delete_cf(family, key),
-        }
-    }
-    for (account_id, reservation_id) in &changes.reservations {
-        let key = reservation_key(shard_id, account_id, reservation_id);
-        match state.ledger.reservation(account_id, reservation_id) {
-            Some(reservation) => {
-                batch.put_cf(family, key, encode(reservation, "reservation", shard_id)?)
-            }
-            None => batch.delete_cf(family, key),
-        }
-    }
-    for (account_id, first_sequence) in &changes.journal {
-        let journal = state.ledger.journal(account_id);
-        let first_index = (*first_sequence as usize).saturating_sub(1);
-        for entry in journal.get(first_index..).unwrap_or_default() {
-            batch.put_cf(
-                family,
-                journal_key(shard_id, account_id, entry.sequence),
-                encode(entry, "journal entry", shard_id)?,
-            );
-        }
-    }
-    if let Some(first_sequence) = changes.events_from {
-        let events = state.ledger.events();
-        let first_index = (first_sequence as usize).saturating_sub(1);
-        for event in events.get(first_index..).unwrap_or_default() {
-            batch.put_cf(
-                family,
-                event_key(shard_id, event.sequence),
-                encode(event, "event", shard_id)?,
-            );
-        }
-    }
-    if changes.meta {
-        batch.put_cf(
-            family,
-            shard_meta_key(shard_id),
-            encode(state.ledger.meta(), "shard meta", shard_id)?,
-        );
-    }
-    let applied_state = AppliedState {
-        last_applied: state.last_applied,
-        last_membership: state.last_membership.clone(),
-        last_timestamp_ms: state.ledger.last_timestamp_ms(),
-    };
-    batch.put_cf(
-        family,
-        applied_state_key(shard_id),
-        encode(&applied_state, "applied state", shard_id)?,
-    );
-    Ok(batch)
-}
-
-fn write_changes(shard: &ShardHandle, batch: WriteBatch) -> Result<(), StorageError> {
-    if shard.node.fail_points.apply_write_error_is_set() {
-        return Err(StorageError::FailPoint {
-            fail_point: "apply_write_error",
-            shard: shard.shard,
-        });
-    }
-    // Not synced: the Raft log is the durable source of every applied entry. If a crash loses
-    // this write, `last_applied` on disk is older and openraft re-applies the missing entries
-    // from the log, deterministically, to the same state. Those entries cannot have been purged:
-    // a purge is written after the state machine writes it relies on, and RocksDB's single WAL
-    // recovers a prefix of the writes (with several column families it syncs the older WAL
-    // files before a memtable flush makes a later write durable on its own).
-    shard
-        .node
-        .write(batch, Durability::Buffered, CF_LEDGER, shard.shard)
 }
 
 fn build_snapshot_blocking(
@@ -416,16 +285,7 @@ fn build_snapshot_blocking(
         .stored_last_log_id
         .is_none_or(|stored_last_log_id| stored_last_log_id <= meta.last_log_id);
     if is_newest {
-        let mut batch = WriteBatch::default();
-        put_snapshot(&mut batch, shard, &meta, sequence, &data)?;
-        // Not synced: the state machine is persisted by itself, so the snapshot is only what
-        // is sent to lagging followers. If a crash loses it, openraft builds one again at start
-        // (and a log purge that relied on it cannot survive without it: it comes later in the
-        // WAL).
-        shard
-            .node
-            .write(batch, Durability::Buffered, CF_SNAPSHOT, shard.shard)?;
-        slot.stored_last_log_id = Some(meta.last_log_id);
+        write_snapshot(shard, &mut slot, &meta, sequence, &data)?;
     }
     drop(slot);
     tracing::info!(shard = shard.shard, snapshot = %meta, bytes = data.len(), "snapshot built");
@@ -465,10 +325,12 @@ fn snapshot_id(last_log_id: Option<LedgerLogId>, sequence: u64) -> String {
     }
 }
 
-/// Adds the writes that make `meta` and `data` the shard's current snapshot to `batch`.
-fn put_snapshot(
-    batch: &mut WriteBatch,
+/// Makes `meta` and `data` the shard's current snapshot: one fsynced batch that replaces the
+/// previous one (so a crash leaves either one whole), recorded in `slot`. Synced because the
+/// snapshot is the state machine's checkpoint: openraft purges the log up to it next.
+fn write_snapshot(
     shard: &ShardHandle,
+    slot: &mut SnapshotSlotState,
     meta: &LedgerSnapshotMeta,
     sequence: u64,
     data: &[u8],
@@ -478,12 +340,17 @@ fn put_snapshot(
         meta: meta.clone(),
         sequence,
     };
+    let mut batch = WriteBatch::default();
     batch.put_cf(
         family,
         snapshot_key(shard.shard, SNAPSHOT_META),
         encode(&stored_meta, "snapshot meta", shard.shard)?,
     );
     batch.put_cf(family, snapshot_key(shard.shard, SNAPSHOT_DATA), data);
+    shard
+        .node
+        .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)?;
+    slot.stored_last_log_id = Some(meta.last_log_id);
     Ok(())
 }
 
@@ -494,105 +361,58 @@ fn install_snapshot_blocking(
     meta: LedgerSnapshotMeta,
     data: Vec<u8>,
 ) -> Result<(), StorageError> {
-    let shard_id = shard.shard;
+    let installed = decode_snapshot(shard.shard, &meta, &data)?;
+    let mut slot = snapshots.current.lock();
+    let sequence = slot.next_sequence;
+    slot.next_sequence += 1;
+    // On disk before openraft is told the install is done.
+    write_snapshot(shard, &mut slot, &meta, sequence, &data)?;
+    drop(slot);
+    *state.write() = installed;
+    tracing::info!(shard = shard.shard, snapshot = %meta, "snapshot installed");
+    Ok(())
+}
+
+/// The state a shard opens with: its current snapshot's, or the empty state at no log id when
+/// it has none. openraft then re-applies the committed log after it. Blocking.
+pub(crate) fn load_state(shard: &ShardHandle) -> Result<ShardState, StorageError> {
+    let Some(stored) = read_snapshot_meta(shard)? else {
+        return Ok(ShardState::default());
+    };
+    let data = read_snapshot_data(shard, &stored)?;
+    decode_snapshot(shard.shard, &stored.meta, &data)
+}
+
+/// The state a snapshot's bytes hold, checked against its meta. A payload of another format
+/// version is refused as such.
+fn decode_snapshot(
+    shard: ShardId,
+    meta: &LedgerSnapshotMeta,
+    data: &[u8],
+) -> Result<ShardState, StorageError> {
     // The version is the payload's first field: read it alone first, so that a payload of
     // another version is refused as such rather than as undecodable bytes.
-    let (format_version, payload_start) = decode_format_version(&data, shard_id)?;
+    let (format_version, payload_start) = decode_format_version(data, shard)?;
     if format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(StorageError::Corrupt {
             what: "snapshot",
-            shard: shard_id,
+            shard,
             detail: format!(
                 "format version {format_version} (this node reads {SNAPSHOT_FORMAT_VERSION})"
             ),
         });
     }
-    let payload: SnapshotPayload = decode(&data[payload_start..], "snapshot", shard_id)?;
+    let payload: SnapshotPayload = decode(&data[payload_start..], "snapshot", shard)?;
     if payload.last_applied != meta.last_log_id || payload.last_membership != meta.last_membership {
         return Err(StorageError::Corrupt {
             what: "snapshot",
-            shard: shard_id,
+            shard,
             detail: format!(
                 "payload at {:?} with membership {:?} does not match its meta {meta}",
                 payload.last_applied, payload.last_membership
             ),
         });
     }
-
-    let ledger_family = shard.node.cf(CF_LEDGER);
-    let (range_start, range_end) = shard_range(shard_id);
-    let mut batch = WriteBatch::default();
-    batch.delete_range_cf(ledger_family, range_start, range_end);
-    for account in &payload.accounts {
-        batch.put_cf(
-            ledger_family,
-            account_key(shard_id, &account.account_id),
-            encode(account, "account", shard_id)?,
-        );
-    }
-    for ((account_id, idempotency_key), record) in &payload.debit_records {
-        batch.put_cf(
-            ledger_family,
-            debit_record_key(shard_id, account_id, idempotency_key),
-            encode(record, "debit record", shard_id)?,
-        );
-    }
-    for ((account_id, grant_id), record) in &payload.grant_records {
-        batch.put_cf(
-            ledger_family,
-            grant_record_key(shard_id, account_id, grant_id),
-            encode(record, "grant record", shard_id)?,
-        );
-    }
-    for ((account_id, reservation_id), reservation) in &payload.reservations {
-        batch.put_cf(
-            ledger_family,
-            reservation_key(shard_id, account_id, reservation_id),
-            encode(reservation, "reservation", shard_id)?,
-        );
-    }
-    for (account_id, entry) in &payload.journal {
-        batch.put_cf(
-            ledger_family,
-            journal_key(shard_id, account_id, entry.sequence),
-            encode(entry, "journal entry", shard_id)?,
-        );
-    }
-    for event in &payload.events {
-        batch.put_cf(
-            ledger_family,
-            event_key(shard_id, event.sequence),
-            encode(event, "event", shard_id)?,
-        );
-    }
-    batch.put_cf(
-        ledger_family,
-        shard_meta_key(shard_id),
-        encode(&payload.meta, "shard meta", shard_id)?,
-    );
-    let applied_state = AppliedState {
-        last_applied: meta.last_log_id,
-        last_membership: meta.last_membership.clone(),
-        last_timestamp_ms: payload.last_timestamp_ms,
-    };
-    batch.put_cf(
-        ledger_family,
-        applied_state_key(shard_id),
-        encode(&applied_state, "applied state", shard_id)?,
-    );
-
-    let mut slot = snapshots.current.lock();
-    let sequence = slot.next_sequence;
-    slot.next_sequence += 1;
-    put_snapshot(&mut batch, shard, &meta, sequence, &data)?;
-    // One fsynced batch: the old ledger range is gone and the new one, the applied state and
-    // the snapshot are in place, all or nothing, before openraft is told the install is done.
-    shard
-        .node
-        .write(batch, Durability::Synced, CF_LEDGER, shard_id)?;
-    slot.stored_last_log_id = Some(meta.last_log_id);
-    drop(slot);
-
     let mut shard_meta = payload.meta;
     shard_meta.last_timestamp_ms = payload.last_timestamp_ms;
     let ledger = Ledger::restore(LedgerParts {
@@ -604,13 +424,11 @@ fn install_snapshot_blocking(
         events: payload.events,
         meta: shard_meta,
     });
-    *state.write() = ShardState {
+    Ok(ShardState {
         ledger,
-        last_applied: meta.last_log_id,
-        last_membership: meta.last_membership.clone(),
-    };
-    tracing::info!(shard = shard_id, snapshot = %meta, "snapshot installed");
-    Ok(())
+        last_applied: payload.last_applied,
+        last_membership: payload.last_membership,
+    })
 }
 
 /// The format version at the start of a snapshot's bytes, whatever version the rest is, and
@@ -646,7 +464,18 @@ fn read_current_snapshot(
     let Some(stored) = read_snapshot_meta(shard)? else {
         return Ok(None);
     };
-    let data = shard
+    let data = read_snapshot_data(shard, &stored)?;
+    Ok(Some(Snapshot {
+        meta: stored.meta,
+        snapshot: Box::new(Cursor::new(data)),
+    }))
+}
+
+fn read_snapshot_data(
+    shard: &ShardHandle,
+    stored: &StoredSnapshotMeta,
+) -> Result<Vec<u8>, StorageError> {
+    shard
         .node
         .get(
             CF_SNAPSHOT,
@@ -657,9 +486,5 @@ fn read_current_snapshot(
             what: "snapshot",
             shard: shard.shard,
             detail: format!("meta of {} stored without its data", stored.meta),
-        })?;
-    Ok(Some(Snapshot {
-        meta: stored.meta,
-        snapshot: Box::new(Cursor::new(data)),
-    }))
+        })
 }

@@ -1,5 +1,8 @@
 //! Behaviour of the node storage beyond openraft's suite: restart, snapshot transfer, shard
 //! isolation, group commit and the fail points.
+//!
+//! A shard's state survives a restart through its snapshot (`checkpoint`) and the committed log
+//! after it; tests that reopen a shard checkpoint it first.
 
 mod common;
 
@@ -8,16 +11,56 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use common::*;
 use ledger_core::Ledger;
-use ledger_raft::{BatchOutcome, Entry, LedgerBatch, LedgerMembership, ShardId, ShardState};
+use ledger_raft::{BatchOutcome, Entry, LedgerBatch, LedgerMembership, ShardId};
 use ledger_storage::{LogStore, NodeStorage, StateMachineStore, StorageError};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{RaftLogReader, RaftSnapshotBuilder, StoredMembership, Vote};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageHelper, StoredMembership, Vote};
 use tempfile::TempDir;
 
 /// Applies `entry_count` entries (random ledger batches, with a blank entry first and a
 /// membership change in the middle) to `state_machine`, in calls of 1 to 4 entries, and checks
 /// every outcome against `model`. Returns the membership the model expects.
 async fn apply_random_entries(
+    state_machine: &mut StateMachineStore,
+    model: &mut Ledger,
+    generator: &mut CommandGenerator,
+    first_index: u64,
+    entry_count: u64,
+) -> anyhow::Result<LedgerMembership> {
+    apply_entries_to(
+        None,
+        state_machine,
+        model,
+        generator,
+        first_index,
+        entry_count,
+    )
+    .await
+}
+
+/// `apply_random_entries`, each call's entries appended to `log_store` first, as openraft does
+/// (a follower appends, then applies what the leader says is committed).
+async fn log_and_apply_random_entries(
+    log_store: &mut LogStore,
+    state_machine: &mut StateMachineStore,
+    model: &mut Ledger,
+    generator: &mut CommandGenerator,
+    first_index: u64,
+    entry_count: u64,
+) -> anyhow::Result<LedgerMembership> {
+    apply_entries_to(
+        Some(log_store),
+        state_machine,
+        model,
+        generator,
+        first_index,
+        entry_count,
+    )
+    .await
+}
+
+async fn apply_entries_to(
+    mut log_store: Option<&mut LogStore>,
     state_machine: &mut StateMachineStore,
     model: &mut Ledger,
     generator: &mut CommandGenerator,
@@ -47,6 +90,9 @@ async fn apply_random_entries(
         };
         pending.push(entry);
         if pending.len() == 1 + (index % 4) as usize {
+            if let Some(log_store) = log_store.as_deref_mut() {
+                log_store.blocking_append(pending.clone()).await?;
+            }
             let outcomes = state_machine.apply(std::mem::take(&mut pending)).await?;
             ensure!(
                 outcomes == std::mem::take(&mut expected),
@@ -54,9 +100,22 @@ async fn apply_random_entries(
             );
         }
     }
+    if let Some(log_store) = log_store {
+        log_store.blocking_append(pending.clone()).await?;
+    }
     let outcomes = state_machine.apply(pending).await?;
     ensure!(outcomes == expected, "outcomes differ from the model");
     Ok(membership)
+}
+
+/// Builds a snapshot of the shard: its checkpoint, the state it opens with next time.
+async fn checkpoint(state_machine: &mut StateMachineStore) -> anyhow::Result<()> {
+    state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await?;
+    Ok(())
 }
 
 fn open_shard_stores(
@@ -69,60 +128,112 @@ fn open_shard_stores(
 }
 
 #[tokio::test]
-async fn restart_recovers_ledger_applied_state_membership_vote_and_log() -> anyhow::Result<()> {
-    let seed = test_seed("restart_recovers_ledger_applied_state_membership_vote_and_log");
+async fn restart_recovers_the_snapshot_then_the_committed_log_and_the_raft_state(
+) -> anyhow::Result<()> {
+    let seed = test_seed("restart_recovers_the_snapshot_then_the_committed_log_and_the_raft_state");
     let directory = TempDir::new()?;
     let shard = 3;
     let mut model = Ledger::new();
     let mut generator = CommandGenerator::new(seed, "acct");
 
-    let (before, membership) = {
+    // Entries 1..=30 are applied and checkpointed, 31..=45 are applied and known committed,
+    // 46..=60 are applied here but the restarted node does not know them committed (the
+    // commit index is saved unsynced, so a crash may lose its latest value), and 61..=65 are
+    // appended, never committed, and truncated from 63 on.
+    let (at_snapshot, at_commit, membership_at_commit, before) = {
         let storage = NodeStorage::open(directory.path())?;
-        let (mut log_store, mut state_machine, state) = open_shard_stores(&storage, shard)?;
-        let entries: Vec<Entry> = (1..=40).map(|index| blank_entry(2, index)).collect();
-        log_store.blocking_append(entries).await?;
+        let (mut log_store, mut machine, state) = open_shard_stores(&storage, shard)?;
         log_store.save_vote(&Vote::new_committed(2, 1)).await?;
-        log_store.save_committed(Some(log_id(2, 40))).await?;
+        log_and_apply_random_entries(
+            &mut log_store,
+            &mut machine,
+            &mut model,
+            &mut generator,
+            1,
+            30,
+        )
+        .await?;
+        checkpoint(&mut machine).await?;
+        let at_snapshot = state.read().clone();
+        let membership_at_commit = log_and_apply_random_entries(
+            &mut log_store,
+            &mut machine,
+            &mut model,
+            &mut generator,
+            31,
+            15,
+        )
+        .await?;
+        let at_commit = model.clone();
+        log_and_apply_random_entries(
+            &mut log_store,
+            &mut machine,
+            &mut model,
+            &mut generator,
+            46,
+            15,
+        )
+        .await?;
+        log_store
+            .blocking_append(
+                (61..=65)
+                    .map(|index| blank_entry(2, index))
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        log_store.save_committed(Some(log_id(2, 45))).await?;
         log_store.purge(log_id(2, 10)).await?;
-        log_store.truncate(log_id(2, 31)).await?;
-        let membership =
-            apply_random_entries(&mut state_machine, &mut model, &mut generator, 1, 60).await?;
+        log_store.truncate(log_id(2, 63)).await?;
         let before = state.read().clone();
-        (before, membership)
+        (at_snapshot, at_commit, membership_at_commit, before)
     };
-
     assert_model_is_rich(&model);
-    let storage = NodeStorage::open(directory.path())?;
-    let (mut log_store, mut state_machine, state) = open_shard_stores(&storage, shard)?;
-    let after: ShardState = state.read().clone();
-    assert_eq!(after.ledger, before.ledger);
-    assert_eq!(
-        after.ledger, model,
-        "restored ledger differs from the model"
-    );
-    assert_eq!(after.ledger.digest(), model.digest());
-    assert_eq!(after.last_applied, Some(log_id(2, 60)));
-    assert_eq!(after.last_membership, membership);
-    assert_eq!(
-        state_machine.applied_state().await?,
-        (Some(log_id(2, 60)), membership)
-    );
+    assert_eq!(before.ledger, model);
 
+    let storage = NodeStorage::open(directory.path())?;
+    let (mut log_store, mut machine, state) = open_shard_stores(&storage, shard)?;
+    {
+        // The shard opens with its snapshot's state...
+        let opened = state.read();
+        assert_eq!(opened.ledger, at_snapshot.ledger);
+        assert_eq!(opened.last_applied, Some(log_id(2, 30)));
+        assert_eq!(opened.last_membership, at_snapshot.last_membership);
+    }
+    // ...and openraft's start re-applies the committed log after it, and nothing beyond.
+    StorageHelper::new(&mut log_store, &mut machine)
+        .get_initial_state()
+        .await?;
+    {
+        let recovered = state.read();
+        assert_eq!(recovered.ledger, at_commit, "the state at the commit index");
+        assert_eq!(recovered.ledger.digest(), at_commit.digest());
+        assert_eq!(recovered.last_applied, Some(log_id(2, 45)));
+        assert_eq!(recovered.last_membership, membership_at_commit);
+    }
     assert_eq!(
         log_store.read_vote().await?,
         Some(Vote::new_committed(2, 1))
     );
-    assert_eq!(log_store.read_committed().await?, Some(log_id(2, 40)));
+    assert_eq!(log_store.read_committed().await?, Some(log_id(2, 45)));
     let log_state = log_store.get_log_state().await?;
     assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 10)));
-    assert_eq!(log_state.last_log_id, Some(log_id(2, 30)));
-    let indexes: Vec<u64> = log_store
-        .try_get_log_entries(0..)
-        .await?
-        .iter()
-        .map(|entry| entry.log_id.index)
+    assert_eq!(log_state.last_log_id, Some(log_id(2, 62)));
+    let entries = log_store.try_get_log_entries(0..).await?;
+    let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+    assert_eq!(indexes, (11..=62).collect::<Vec<u64>>());
+
+    // When the leader says 46..=60 are committed, applying them from the log reaches the state
+    // the node had before it stopped, with the same outcomes.
+    let rest: Vec<Entry> = entries
+        .into_iter()
+        .filter(|entry| (46..=60).contains(&entry.log_id.index))
         .collect();
-    assert_eq!(indexes, (11..=30).collect::<Vec<u64>>());
+    machine.apply(rest).await?;
+    assert_eq!(state.read().ledger, model, "the state before the restart");
+    assert_eq!(
+        machine.applied_state().await?,
+        (Some(log_id(2, 60)), before.last_membership.clone())
+    );
 
     // Every grant decided as rejected before the restart is still rejected after it: a retry
     // is that rejection, replayed, and never a new decision (a grant to an account created
@@ -132,7 +243,7 @@ async fn restart_recovers_ledger_applied_state_membership_vote_and_log() -> anyh
         timestamp_ms: 2_000_000,
         commands: retries,
     };
-    let outcomes = state_machine.apply([batch_entry(2, 61, batch)]).await?;
+    let outcomes = machine.apply([batch_entry(2, 61, batch)]).await?;
     assert_eq!(
         outcomes,
         vec![BatchOutcome { outcomes: expected }],
@@ -194,9 +305,11 @@ async fn snapshot_installs_on_another_node_and_replaces_the_whole_shard() -> any
         let (_log, mut machine, _state) = open_shard_stores(&follower_storage, shard)?;
         let mut stale = CommandGenerator::new(seed ^ 1, "stale");
         apply_random_entries(&mut machine, &mut stale_model, &mut stale, 1, 20).await?;
+        checkpoint(&mut machine).await?;
         let (_log, mut machine, _state) = open_shard_stores(&follower_storage, neighbour)?;
         let mut other = CommandGenerator::new(seed ^ 2, "other");
         apply_random_entries(&mut machine, &mut neighbour_model, &mut other, 1, 20).await?;
+        checkpoint(&mut machine).await?;
     }
     ensure!(
         stale_model.accounts().next().is_some(),
@@ -319,6 +432,7 @@ async fn shards_in_one_database_do_not_see_each_other() -> anyhow::Result<()> {
             let mut model = Ledger::new();
             let mut generator = CommandGenerator::new(seed + position as u64, &format!("s{shard}"));
             apply_random_entries(&mut machine, &mut model, &mut generator, 1, 30).await?;
+            checkpoint(&mut machine).await?;
             models.push(model);
         }
         // Truncating one shard's log and purging another's leaves the third one whole.
@@ -396,6 +510,7 @@ async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -
             let mut model = Ledger::new();
             let mut generator = CommandGenerator::new(seed + shard as u64, &format!("s{shard}"));
             apply_random_entries(&mut machine, &mut model, &mut generator, 1, 12).await?;
+            checkpoint(&mut machine).await?;
             models.push(model);
         }
         assert_eq!(storage.stored_shards()?, shards.into_iter().collect());
@@ -542,24 +657,33 @@ async fn a_failed_wal_sync_fails_its_appends_and_every_later_one() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn a_failed_apply_write_is_a_storage_error_and_leaves_the_disk_unchanged(
-) -> anyhow::Result<()> {
+async fn a_database_with_the_legacy_ledger_family_opens_and_drops_it() -> anyhow::Result<()> {
     let directory = TempDir::new()?;
-    let applied_before = {
+    {
+        // The families of an earlier version, which also kept a `ledger` family written on
+        // every apply.
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(
+            &options,
+            directory.path(),
+            ["raft_log", "raft_state", "ledger", "snapshot"],
+        )?;
+        let ledger = db.cf_handle("ledger").context("the ledger family")?;
+        db.put_cf(ledger, b"\0\0\0\x01\x01stale", b"value")?;
+    }
+    {
         let storage = NodeStorage::open(directory.path())?;
-        let (_log, mut machine, _state) = open_shard_stores(&storage, 0)?;
-        let mut model = Ledger::new();
-        let mut generator = CommandGenerator::new(7, "acct");
-        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
-        let applied_before = machine.applied_state().await?;
-
-        storage.fail_points().set_apply_write_error(true);
-        let batch = generator.batch(2_000_000);
-        assert!(machine.apply([batch_entry(2, 11, batch)]).await.is_err());
-        applied_before
-    };
-    let storage = NodeStorage::open(directory.path())?;
-    let (_log, mut machine, _state) = open_shard_stores(&storage, 0)?;
-    assert_eq!(machine.applied_state().await?, applied_before);
+        let (_log, _machine, state) = open_shard_stores(&storage, 1)?;
+        assert_eq!(state.read().ledger, Ledger::new());
+    }
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), directory.path())?;
+    assert!(
+        !families.iter().any(|family| family == "ledger"),
+        "families after the open: {families:?}"
+    );
+    // And it opens again without it.
+    NodeStorage::open(directory.path())?;
     Ok(())
 }

@@ -176,8 +176,7 @@ fn run(table: &str, mode: Mode) -> Ledger {
             }
             _ => {
                 let command = parse_command(verb, &arguments, &context);
-                let mut changes = Default::default();
-                let outcome = ledger.apply(&command, timestamp_ms, &mut changes);
+                let outcome = ledger.apply(&command, timestamp_ms);
                 let wanted = parse_outcome(&expected, &context);
                 assert_eq!(outcome, wanted, "{}", context());
             }
@@ -190,7 +189,7 @@ fn run(table: &str, mode: Mode) -> Ledger {
 fn settle_eagerly(ledger: &mut Ledger, until_ms: u64, context: &dyn Fn() -> String) {
     let mut ticks = 0;
     while let Some(due_ms) = ledger.next_due_ms().filter(|due_ms| *due_ms <= until_ms) {
-        let outcome = ledger.apply(&Command::Tick, due_ms, &mut Default::default());
+        let outcome = ledger.apply(&Command::Tick, due_ms);
         assert!(
             matches!(outcome.result, Ok(Accepted::Ticked { accounts_settled }) if accounts_settled > 0),
             "{}: a tick at the due instant {due_ms} settled nothing: {outcome:?}",

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use ledger_core::{ChangeSet, Charge, Command, GrantCommand, GrantSource, Ledger, Outcome};
+use ledger_core::{Charge, Command, GrantCommand, GrantSource, Ledger, Outcome};
 use ledger_raft::{Entry, LedgerBatch, LedgerLogId, NodeId};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
 use rand::rngs::StdRng;
@@ -174,11 +174,10 @@ impl CommandGenerator {
 
 /// Applies `batch` to the model ledger and returns the outcomes the store must return.
 pub fn model_apply(model: &mut Ledger, batch: &LedgerBatch) -> Vec<Outcome> {
-    let mut changes = ChangeSet::default();
     batch
         .commands
         .iter()
-        .map(|command| model.apply(command, batch.timestamp_ms, &mut changes))
+        .map(|command| model.apply(command, batch.timestamp_ms))
         .collect()
 }
 
