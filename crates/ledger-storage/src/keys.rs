@@ -31,6 +31,9 @@ pub(crate) const COLUMN_FAMILIES: [&str; 3] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_SN
 pub(crate) const RAFT_STATE_VOTE: u8 = 1;
 pub(crate) const RAFT_STATE_COMMITTED: u8 = 2;
 pub(crate) const RAFT_STATE_LAST_PURGED: u8 = 3;
+/// Present from the moment a replica is first opened until it is deleted: a replica that has
+/// stored nothing else yet (no vote, no entry) is still one this node hosts after a restart.
+pub(crate) const RAFT_STATE_HOSTED: u8 = 4;
 
 /// Tags of the `snapshot` column family. Stored on disk: never renumber.
 pub(crate) const SNAPSHOT_META: u8 = 1;
@@ -123,6 +126,7 @@ mod tests {
                 log_key(shard, 0).to_vec(),
                 log_key(shard, u64::MAX).to_vec(),
                 raft_state_key(shard, RAFT_STATE_LAST_PURGED).to_vec(),
+                raft_state_key(shard, RAFT_STATE_HOSTED).to_vec(),
                 snapshot_key(shard, SNAPSHOT_META).to_vec(),
                 snapshot_key(shard, SNAPSHOT_DATA).to_vec(),
             ];

@@ -134,6 +134,7 @@ impl NodeStorage {
     ) -> Result<(LogStore, StateMachineStore, SharedShardState), StorageError> {
         // From here on, dropping the handle (also on an error below) releases the claim.
         let handle = Arc::new(self.claim_shard(shard)?);
+        mark_hosted(&handle)?;
         let log_pointers = load_log_pointers(&handle)?;
         let snapshot_slot = SnapshotSlot::load(&handle)?;
         let shard_state = load_state(&handle)?;
@@ -188,12 +189,13 @@ impl NodeStorage {
         Ok(())
     }
 
-    /// The shards with any stored state on this node (the replicas it held when it stopped).
+    /// The shards with any stored state on this node: the replicas it held when it stopped,
+    /// including those opened but not yet written to (`open_shard` marks every replica it opens).
     /// Blocking.
     pub fn stored_shards(&self) -> Result<BTreeSet<ShardId>, StorageError> {
         let mut shards = BTreeSet::new();
-        // Every replica stores its vote once its group started, or a snapshot once one was
-        // installed.
+        // Every replica opened since the hosted mark exists has it; one from an older database
+        // has its vote once its group started, or a snapshot once one was installed.
         for family in [CF_RAFT_STATE, CF_SNAPSHOT] {
             let mut next: ShardId = 0;
             loop {
@@ -375,6 +377,25 @@ where
             shard,
             detail: join_error.to_string(),
         })?
+}
+
+/// Records (synced, once) that this node hosts `handle`'s shard, so that a restart reopens the
+/// replica even if it stored nothing else yet. Without it, a replica opened when the cluster was
+/// formed but not yet contacted by its group (no vote, no entry) is forgotten by a restart; when
+/// that happens to two of the metadata group's three replicas, the group can never elect a
+/// leader again (the surviving replica has no one to vote for it), and no node learns the map
+/// that would reopen them.
+fn mark_hosted(handle: &ShardHandle) -> Result<(), StorageError> {
+    let shard = handle.shard;
+    let key = raft_state_key(shard, RAFT_STATE_HOSTED);
+    if handle.node.get(CF_RAFT_STATE, &key, shard)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    batch.put_cf(handle.node.cf(CF_RAFT_STATE), key, []);
+    handle
+        .node
+        .write(batch, Durability::Synced, CF_RAFT_STATE, shard)
 }
 
 fn load_log_pointers(handle: &ShardHandle) -> Result<LogPointers, StorageError> {

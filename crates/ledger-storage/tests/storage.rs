@@ -549,6 +549,41 @@ async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -
     Ok(())
 }
 
+/// Regression (a restored backup whose metadata group could never elect a leader again): a
+/// replica opened when the cluster formed, but not yet contacted by its group when the node
+/// stopped, had stored nothing, so the restart did not reopen it.
+#[tokio::test]
+async fn a_replica_that_stored_nothing_yet_is_still_hosted_after_a_restart() -> anyhow::Result<()> {
+    let directory = TempDir::new()?;
+    let meta_shard = ledger_core::cluster::META_SHARD;
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        ensure!(storage.stored_shards()?.is_empty());
+        for shard in [2, meta_shard] {
+            // Opened, then closed without a vote, an entry or a snapshot.
+            drop(open_shard_stores(&storage, shard)?);
+        }
+        assert_eq!(
+            storage.stored_shards()?,
+            [2, meta_shard].into_iter().collect()
+        );
+    }
+    let storage = NodeStorage::open(directory.path())?;
+    assert_eq!(
+        storage.stored_shards()?,
+        [2, meta_shard].into_iter().collect()
+    );
+    // Reopened, it is the same empty replica; deleted, it is no longer hosted.
+    let (mut log_store, _machine, state) = open_shard_stores(&storage, 2)?;
+    ensure!(log_store.read_vote().await?.is_none());
+    ensure!(log_store.try_get_log_entries(0..).await?.is_empty());
+    assert_eq!(state.read().last_applied, None);
+    drop((log_store, _machine, state));
+    storage.delete_shard(2)?;
+    assert_eq!(storage.stored_shards()?, [meta_shard].into_iter().collect());
+    Ok(())
+}
+
 /// Waits until `condition` holds, failing after a generous deadline (a hang, not a slow run).
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -701,7 +701,9 @@ fn check_digests_at_equal_indexes(views: &BTreeMap<NodeId, ClusterResponse>) -> 
     Ok(())
 }
 
-/// Every shard's replicas among `running` at one `last_applied`, or why not.
+/// Every shard's replicas among `running` at one `last_applied`, or why not. The replicas are
+/// the voters of the shard's leader's membership: a replica its group has not contacted yet
+/// knows no membership of its own, and must still be waited for.
 fn replicas_in_sync(
     views: &BTreeMap<NodeId, ClusterResponse>,
     shard_count: u32,
@@ -709,14 +711,25 @@ fn replicas_in_sync(
 ) -> Result<BTreeMap<ShardId, ShardInfo>, String> {
     let mut in_sync = BTreeMap::new();
     for shard_id in 0..shard_count {
-        let mut replicas = Vec::new();
+        let mut leader_members = None;
         for (node_id, view) in views {
             let Some(shard) = view.shards.iter().find(|shard| shard.shard_id == shard_id) else {
                 return Err(format!("node {node_id} does not list shard {shard_id}"));
             };
-            if shard.members.contains(node_id) && running.contains(node_id) {
-                replicas.push((*node_id, shard));
+            if shard.leader == Some(*node_id) {
+                leader_members = Some(shard.members.clone());
             }
+        }
+        let Some(members) = leader_members else {
+            return Err(format!("shard {shard_id}: no running node leads it"));
+        };
+        let mut replicas = Vec::new();
+        for node_id in members.iter().filter(|node_id| running.contains(node_id)) {
+            let shard = views
+                .get(node_id)
+                .and_then(|view| view.shards.iter().find(|shard| shard.shard_id == shard_id))
+                .ok_or_else(|| format!("node {node_id} does not list shard {shard_id}"))?;
+            replicas.push((*node_id, shard));
         }
         let Some((_, first)) = replicas.first() else {
             return Err(format!("no running replica of shard {shard_id}"));
