@@ -239,6 +239,51 @@ impl NodeContext {
         if let Some(replica) = self.replicas.get(&shard) {
             return Ok(replica);
         }
+        let replica = self.start_replica(shard).await?;
+        self.replicas.insert(Arc::clone(&replica));
+        tracing::info!(shard, "replica opened");
+        Ok(replica)
+    }
+
+    /// Opens the replicas of `shards` (a restart's stored replicas) side by side: each reads
+    /// its snapshot and re-applies the committed log after it (CPU work, one task per shard), so
+    /// a restart takes about the longest shard's time per core rather than the sum of them all.
+    pub async fn open_replicas(
+        self: &Arc<Self>,
+        shards: impl IntoIterator<Item = ShardId>,
+    ) -> Result<(), NodeError> {
+        let _serialized = self.replica_changes.lock().await;
+        let tasks: Vec<_> = shards
+            .into_iter()
+            .filter(|shard| !self.replicas.contains(*shard))
+            .map(|shard| {
+                let context = Arc::clone(self);
+                tokio::spawn(async move { context.start_replica(shard).await })
+            })
+            .collect();
+        // Every task is awaited, also after an error, so none is left opening a shard.
+        let mut first_error = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(replica)) => {
+                    tracing::info!(shard = replica.shard, "replica opened");
+                    self.replicas.insert(replica);
+                }
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => {
+                    first_error
+                        .get_or_insert(NodeError::Storage(format!("opening a replica: {error}")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Opens the storage of `shard` and starts its Raft group and proposer; the caller holds
+    /// `replica_changes` and makes the replica reachable.
+    async fn start_replica(&self, shard: ShardId) -> Result<Arc<ShardReplica>, NodeError> {
         let storage = self
             .storage
             .lock()
@@ -272,8 +317,6 @@ impl NodeContext {
             proposer,
             state,
         });
-        self.replicas.insert(Arc::clone(&replica));
-        tracing::info!(shard, "replica opened");
         Ok(replica)
     }
 
@@ -495,9 +538,7 @@ impl RunningNode {
 
         // A restart: the replicas this node held when it stopped. The cluster map (learned in
         // the background) then adds and drops replicas as moves require.
-        for shard in stored_shards {
-            context.open_replica(shard).await?;
-        }
+        context.open_replicas(stored_shards).await?;
         // The first start of a single-node ledger forms it at once; with peers, formation waits
         // for them in the background (`cluster::run`).
         if record.is_none() && config.cluster.nodes.len() == 1 {
