@@ -70,6 +70,9 @@ impl NetworkMode {
 pub struct ClusterOptions {
     pub node_count: usize,
     pub shard_count: u32,
+    /// `[snapshots] entries_since_last` of every node: low, so that runs build snapshots,
+    /// restart from them and install them on lagging replicas.
+    pub snapshot_entries: u64,
     pub ledgerd: PathBuf,
     pub run_dir: PathBuf,
     /// How nodes are connected (the partition nemesis needs the proxy or namespaces).
@@ -167,7 +170,7 @@ impl Cluster {
         }
         let replication = count.min(3);
         for node in &nodes {
-            let config = node_config(node, &nodes, options.shard_count, replication);
+            let config = node_config(node, &nodes, &options, replication);
             std::fs::write(&node.config_path, config)
                 .map_err(HarnessError::io("writing", &node.config_path))?;
             write_offset(&node.clock_offset_path, 0)?;
@@ -633,7 +636,7 @@ fn millis(duration: Duration) -> u64 {
 fn node_config(
     node: &NodeProcess,
     nodes: &[NodeProcess],
-    shard_count: u32,
+    options: &ClusterOptions,
     replication: usize,
 ) -> String {
     let mut config = String::new();
@@ -647,7 +650,7 @@ fn node_config(
     let _ = writeln!(config, "http_addr = \"{}\"", node.http_addr);
     let _ = writeln!(config, "raft_addr = \"{}\"", node.raft_bind_addr);
     let _ = writeln!(config, "[cluster]");
-    let _ = writeln!(config, "shards = {shard_count}");
+    let _ = writeln!(config, "shards = {}", options.shard_count);
     let _ = writeln!(config, "replication = {replication}");
     let _ = writeln!(config, "nodes = [");
     for other in nodes {
@@ -658,6 +661,14 @@ fn node_config(
         );
     }
     let _ = writeln!(config, "]");
+    let _ = writeln!(config, "[snapshots]");
+    let _ = writeln!(config, "entries_since_last = {}", options.snapshot_entries);
+    // Kept short too, so that a replica back from a fault often needs a snapshot transfer.
+    let _ = writeln!(
+        config,
+        "entries_to_keep = {}",
+        (options.snapshot_entries / 4).max(1)
+    );
     config
 }
 

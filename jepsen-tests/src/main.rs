@@ -28,6 +28,11 @@ struct Arguments {
     /// Shards (Raft groups) of the cluster.
     #[arg(long, default_value_t = 8)]
     shards: u32,
+    /// Entries a shard applies between two snapshots (each node's `[snapshots]
+    /// entries_since_last`). Low by default, so that every run builds snapshots, restarts nodes
+    /// from them and sends them to replicas that fell behind.
+    #[arg(long, default_value_t = 300)]
+    snapshot_entries: u64,
     /// Faults: any of kill,pause,partition,clock, or all, or none. Default: all (with --bug:
     /// the faults that expose that bug).
     #[arg(long)]
@@ -110,6 +115,9 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
     if arguments.nodes != 3 && arguments.nodes != 5 {
         anyhow::bail!("--nodes must be 3 or 5");
     }
+    if arguments.snapshot_entries == 0 {
+        anyhow::bail!("--snapshot-entries must be at least 1");
+    }
     let bug = arguments.bug.as_deref().map(Bug::parse).transpose()?;
     let nemeses = match (&arguments.nemesis, bug) {
         (Some(text), _) => parse_fault_kinds(text)?,
@@ -145,6 +153,7 @@ fn run_options(arguments: Arguments) -> anyhow::Result<RunOptions> {
         seed,
         node_count: arguments.nodes,
         shard_count: arguments.shards,
+        snapshot_entries: arguments.snapshot_entries,
         nemeses,
         workloads,
         schedule: {

@@ -135,6 +135,8 @@ pub struct RunOptions {
     pub seed: u64,
     pub node_count: usize,
     pub shard_count: u32,
+    /// Entries between two snapshots of a shard on every node.
+    pub snapshot_entries: u64,
     pub nemeses: BTreeSet<FaultKind>,
     pub workloads: BTreeSet<Workload>,
     pub schedule: Schedule,
@@ -176,6 +178,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
     let cluster = Cluster::start(ClusterOptions {
         node_count: options.node_count,
         shard_count: options.shard_count,
+        snapshot_entries: options.snapshot_entries,
         ledgerd: ledgerd.clone(),
         run_dir: options.run_dir.clone(),
         network: network_mode(&options),
@@ -438,7 +441,10 @@ fn report_header(options: &RunOptions, ledgerd: &std::path::Path) -> Vec<(String
         ),
         (
             "nodes".to_owned(),
-            format!("{} ({} shards)", options.node_count, options.shard_count),
+            format!(
+                "{} ({} shards, a snapshot every {} entries)",
+                options.node_count, options.shard_count, options.snapshot_entries
+            ),
         ),
         (
             "nemeses".to_owned(),

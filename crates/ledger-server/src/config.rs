@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ledger_core::DEFAULT_SHARD_COUNT;
+use ledger_raft::config::SnapshotSettings;
 use ledger_raft::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,28 @@ fn default_replication() -> usize {
     3
 }
 
+/// `[snapshots]` (optional, per node): when this node compacts each shard's log into a
+/// snapshot. A snapshot is the shard's checkpoint: a restart loads it and re-applies the log
+/// after it, so fewer entries between snapshots mean faster restarts and more snapshot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    /// Build a snapshot once this many entries were applied since the last one (at least 1).
+    #[serde(default = "default_entries_since_last")]
+    pub entries_since_last: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag briefly.
+    #[serde(default = "default_entries_to_keep")]
+    pub entries_to_keep: u64,
+}
+
+fn default_entries_since_last() -> u64 {
+    SnapshotSettings::default().entries_since_last
+}
+
+fn default_entries_to_keep() -> u64 {
+    SnapshotSettings::default().entries_to_keep
+}
+
 /// A node's configuration: `ledgerd --config FILE`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +87,8 @@ pub struct NodeConfig {
     pub http_addr: String,
     pub raft_addr: String,
     pub cluster: ClusterConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotPolicy>,
 }
 
 impl NodeConfig {
@@ -86,6 +111,7 @@ impl NodeConfig {
                     raft_addr,
                 }],
             },
+            snapshots: None,
         }
     }
 
@@ -111,6 +137,12 @@ impl NodeConfig {
                 "cluster.shards must be between 1 and {SHARD_COUNT_MAX}, got {}",
                 self.cluster.shards
             ));
+        }
+        if self
+            .snapshots
+            .is_some_and(|policy| policy.entries_since_last == 0)
+        {
+            return invalid("snapshots.entries_since_last must be at least 1".into());
         }
         if self.cluster.replication == 0 {
             return invalid("cluster.replication must be at least 1".into());
@@ -165,6 +197,15 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The snapshot settings of this node's shard groups: `[snapshots]`, or the defaults.
+    pub fn snapshot_settings(&self) -> SnapshotSettings {
+        self.snapshots
+            .map_or_else(SnapshotSettings::default, |policy| SnapshotSettings {
+                entries_since_last: policy.entries_since_last,
+                entries_to_keep: policy.entries_to_keep,
+            })
     }
 
     /// Node ids, sorted: the input of placement, identical on every node.
@@ -229,6 +270,11 @@ nodes = [
         mismatch.http_addr = "127.0.0.1:9999".into();
         let mut bad_bind = base.clone();
         bad_bind.raft_addr = "everywhere".into();
+        let mut snapshot_every_entry_zero = base.clone();
+        snapshot_every_entry_zero.snapshots = Some(SnapshotPolicy {
+            entries_since_last: 0,
+            entries_to_keep: 0,
+        });
         for config in [
             not_listed,
             zero_shards,
@@ -236,6 +282,7 @@ nodes = [
             bad_address,
             mismatch,
             bad_bind,
+            snapshot_every_entry_zero,
         ] {
             assert!(
                 matches!(config.validate(), Err(ConfigError::Invalid { .. })),
@@ -251,6 +298,33 @@ nodes = [
         proxied
             .validate()
             .expect("bind and advertised Raft addresses may differ");
+    }
+
+    #[test]
+    fn the_snapshot_policy_is_optional_and_each_of_its_keys_too() {
+        let base: NodeConfig = toml::from_str(CONTRACT_EXAMPLE).expect("parses");
+        assert_eq!(base.snapshots, None);
+        let defaults = SnapshotSettings::default();
+        assert_eq!(
+            (
+                base.snapshot_settings().entries_since_last,
+                base.snapshot_settings().entries_to_keep
+            ),
+            (defaults.entries_since_last, defaults.entries_to_keep)
+        );
+        let text = format!("{CONTRACT_EXAMPLE}[snapshots]\nentries_since_last = 500\n");
+        let tuned: NodeConfig = toml::from_str(&text).expect("parses");
+        tuned.validate().expect("valid");
+        assert_eq!(
+            tuned.snapshots,
+            Some(SnapshotPolicy {
+                entries_since_last: 500,
+                entries_to_keep: defaults.entries_to_keep,
+            })
+        );
+        assert_eq!(tuned.snapshot_settings().entries_since_last, 500);
+        let unknown = format!("{CONTRACT_EXAMPLE}[snapshots]\nevery = 5\n");
+        assert!(toml::from_str::<NodeConfig>(&unknown).is_err());
     }
 
     #[test]

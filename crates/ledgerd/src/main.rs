@@ -72,7 +72,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let node = RunningNode::start(config, NodeTuning::default())
+    let tuning = NodeTuning {
+        snapshots: config.snapshot_settings(),
+        ..NodeTuning::default()
+    };
+    let node = RunningNode::start(config, tuning)
         .await
         .context("starting the node")?;
     tracing::info!(http_addr = %node.http_addr, "serving");

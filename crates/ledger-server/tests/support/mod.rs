@@ -67,6 +67,7 @@ impl TestCluster {
                     replication: 3,
                     nodes: entries.clone(),
                 },
+                snapshots: None,
             })
             .collect();
         let mut nodes = Vec::new();
