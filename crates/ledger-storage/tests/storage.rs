@@ -485,6 +485,19 @@ async fn a_shard_opens_once_at_a_time() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `shard` and checks it is an empty replica (no vote, no entry, no state), then closes it.
+async fn assert_opens_empty(storage: &NodeStorage, shard: ShardId) -> anyhow::Result<()> {
+    let (mut log_store, _machine, state) = open_shard_stores(storage, shard)?;
+    ensure!(
+        log_store.read_vote().await?.is_none(),
+        "shard {shard} has a vote"
+    );
+    ensure!(log_store.try_get_log_entries(0..).await?.is_empty());
+    assert_eq!(state.read().ledger, Ledger::new());
+    assert_eq!(state.read().last_applied, None);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -> anyhow::Result<()>
 {
@@ -532,11 +545,7 @@ async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -
         [3, meta_shard].into_iter().collect()
     );
     // The deleted shard opens as a new, empty replica; the others are whole.
-    let (mut log_store, _machine, state) = open_shard_stores(&storage, 4)?;
-    ensure!(log_store.read_vote().await?.is_none());
-    ensure!(log_store.try_get_log_entries(0..).await?.is_empty());
-    assert_eq!(state.read().ledger, Ledger::new());
-    assert_eq!(state.read().last_applied, None);
+    assert_opens_empty(&storage, 4).await?;
     for (position, shard) in [(0, 3), (2, meta_shard)] {
         let (mut log_store, _machine, state) = open_shard_stores(&storage, shard)?;
         assert_eq!(
@@ -574,11 +583,7 @@ async fn a_replica_that_stored_nothing_yet_is_still_hosted_after_a_restart() -> 
         [2, meta_shard].into_iter().collect()
     );
     // Reopened, it is the same empty replica; deleted, it is no longer hosted.
-    let (mut log_store, _machine, state) = open_shard_stores(&storage, 2)?;
-    ensure!(log_store.read_vote().await?.is_none());
-    ensure!(log_store.try_get_log_entries(0..).await?.is_empty());
-    assert_eq!(state.read().last_applied, None);
-    drop((log_store, _machine, state));
+    assert_opens_empty(&storage, 2).await?;
     storage.delete_shard(2)?;
     assert_eq!(storage.stored_shards()?, [meta_shard].into_iter().collect());
     Ok(())
