@@ -37,8 +37,10 @@ impl Default for GroupTiming {
     }
 }
 
-/// When a shard group compacts its log into a snapshot.
-#[derive(Clone, Copy, Debug)]
+/// When a shard group compacts its log into a snapshot. It is also the optional `[snapshots]`
+/// section of a node's config file, where each key may be left out (its default applies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SnapshotSettings {
     /// Build a snapshot once this many entries (each a batch of commands) were applied since the
     /// last one. Snapshots serialize the shard's whole state, so not too often.

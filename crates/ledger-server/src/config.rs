@@ -56,28 +56,6 @@ fn default_replication() -> usize {
     3
 }
 
-/// `[snapshots]` (optional, per node): when this node compacts each shard's log into a
-/// snapshot. A snapshot is the shard's checkpoint: a restart loads it and re-applies the log
-/// after it, so fewer entries between snapshots mean faster restarts and more snapshot work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotPolicy {
-    /// Build a snapshot once this many entries were applied since the last one (at least 1).
-    #[serde(default = "default_entries_since_last")]
-    pub entries_since_last: u64,
-    /// Entries kept in the log behind a snapshot, for followers that lag briefly.
-    #[serde(default = "default_entries_to_keep")]
-    pub entries_to_keep: u64,
-}
-
-fn default_entries_since_last() -> u64 {
-    SnapshotSettings::default().entries_since_last
-}
-
-fn default_entries_to_keep() -> u64 {
-    SnapshotSettings::default().entries_to_keep
-}
-
 /// A node's configuration: `ledgerd --config FILE`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,8 +65,11 @@ pub struct NodeConfig {
     pub http_addr: String,
     pub raft_addr: String,
     pub cluster: ClusterConfig,
+    /// `[snapshots]` (optional): when this node compacts each shard's log into a snapshot. A
+    /// snapshot is the shard's checkpoint: a restart loads it and re-applies the log after it, so
+    /// fewer entries between snapshots mean faster restarts and more snapshot work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshots: Option<SnapshotPolicy>,
+    pub snapshots: Option<SnapshotSettings>,
 }
 
 impl NodeConfig {
@@ -201,11 +182,7 @@ impl NodeConfig {
 
     /// The snapshot settings of this node's shard groups: `[snapshots]`, or the defaults.
     pub fn snapshot_settings(&self) -> SnapshotSettings {
-        self.snapshots
-            .map_or_else(SnapshotSettings::default, |policy| SnapshotSettings {
-                entries_since_last: policy.entries_since_last,
-                entries_to_keep: policy.entries_to_keep,
-            })
+        self.snapshots.unwrap_or_default()
     }
 
     /// Node ids, sorted: the input of placement, identical on every node.
@@ -271,7 +248,7 @@ nodes = [
         let mut bad_bind = base.clone();
         bad_bind.raft_addr = "everywhere".into();
         let mut snapshot_every_entry_zero = base.clone();
-        snapshot_every_entry_zero.snapshots = Some(SnapshotPolicy {
+        snapshot_every_entry_zero.snapshots = Some(SnapshotSettings {
             entries_since_last: 0,
             entries_to_keep: 0,
         });
@@ -305,19 +282,13 @@ nodes = [
         let base: NodeConfig = toml::from_str(CONTRACT_EXAMPLE).expect("parses");
         assert_eq!(base.snapshots, None);
         let defaults = SnapshotSettings::default();
-        assert_eq!(
-            (
-                base.snapshot_settings().entries_since_last,
-                base.snapshot_settings().entries_to_keep
-            ),
-            (defaults.entries_since_last, defaults.entries_to_keep)
-        );
+        assert_eq!(base.snapshot_settings(), defaults);
         let text = format!("{CONTRACT_EXAMPLE}[snapshots]\nentries_since_last = 500\n");
         let tuned: NodeConfig = toml::from_str(&text).expect("parses");
         tuned.validate().expect("valid");
         assert_eq!(
             tuned.snapshots,
-            Some(SnapshotPolicy {
+            Some(SnapshotSettings {
                 entries_since_last: 500,
                 entries_to_keep: defaults.entries_to_keep,
             })
