@@ -2,6 +2,9 @@
 //! one hot account, and grants. The state machine is the part of a debit that no batching can
 //! share, so its cost per command bounds the throughput of one shard.
 //!
+//! `snapshot_point`: the copy a snapshot takes of a shard's state under its read lock, during
+//! which no entry is applied; with a shard that has decided `DECIDED_DEBITS` debits.
+//!
 //! `iter_custom`: each sample builds a fresh ledger and its commands outside the timed part,
 //! then times the applies alone, so the ledger does not grow across samples.
 
@@ -14,6 +17,8 @@ const ACCOUNTS: u64 = 10_000;
 const CREDITS_PER_ACCOUNT: u64 = 1_000_000_000_000;
 /// The leader's stamp; constant, as within one Raft entry.
 const TIMESTAMP_MS: u64 = 1_700_000_000_000;
+/// Debits already decided by the shard of `snapshot_point`.
+const DECIDED_DEBITS: u64 = 1_000_000;
 
 fn account(index: u64) -> String {
     format!("loadgen-{index}")
@@ -104,5 +109,29 @@ fn apply(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply);
+fn snapshot_point(criterion: &mut Criterion) {
+    let mut shard = funded_ledger(ACCOUNTS);
+    for sequence in 0..DECIDED_DEBITS {
+        let outcome = shard.apply(&debit(sequence % ACCOUNTS, sequence), TIMESTAMP_MS);
+        assert!(outcome.result.is_ok(), "setup debit rejected: {outcome:?}");
+    }
+    let mut group = criterion.benchmark_group("snapshot_point");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("copy_1m_decided_debits", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                let copy = shard.clone();
+                elapsed += started.elapsed();
+                drop(std::hint::black_box(copy));
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, apply, snapshot_point);
 criterion_main!(benches);

@@ -13,8 +13,10 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::sync::LazyLock;
+
+use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -84,23 +86,28 @@ pub struct AccountView {
 }
 
 /// The state of one shard's ledger.
+///
+/// Every collection is persistent (`imbl`: B-trees and RRB vectors of shared nodes), so `clone`
+/// is O(1) and a copy shares all nodes with the original until either side writes to one. A
+/// snapshot takes its consistent copy under the shard's read lock: with a `BTreeMap` that copy
+/// walked millions of debit records while no entry could be applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    accounts: BTreeMap<String, Account>,
+    accounts: OrdMap<String, Account>,
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
     /// decisions about accounts that did not exist.
-    debit_records: BTreeMap<(String, String), DebitRecord>,
+    debit_records: OrdMap<(String, String), DebitRecord>,
     /// Every grant id rejected for a reason of state or time, keyed by (account id, grant id),
     /// also for accounts that did not exist. An accepted grant id is the grant on its account
     /// instead; a grant id is never both.
-    grant_records: BTreeMap<(String, String), GrantRecord>,
+    grant_records: OrdMap<(String, String), GrantRecord>,
     /// Every reservation id decided, keyed by (account id, reservation id).
-    reservations: BTreeMap<(String, String), Reservation>,
-    journals: BTreeMap<String, Vec<JournalEntry>>,
-    events: Vec<Event>,
+    reservations: OrdMap<(String, String), Reservation>,
+    journals: OrdMap<String, Vector<JournalEntry>>,
+    events: Vector<Event>,
     meta: ShardMeta,
     /// (instant, account) for every account with something due (`Account::next_due`). Derived.
-    due: BTreeSet<(u64, String)>,
+    due: OrdSet<(u64, String)>,
 }
 
 impl Ledger {
@@ -120,8 +127,12 @@ impl Ledger {
             meta: parts.meta,
             ..Ledger::default()
         };
-        for account in parts.accounts {
+        for mut account in parts.accounts {
             account.assert_invariants();
+            account.due_ms = account.next_due();
+            if let Some(due_ms) = account.due_ms {
+                ledger.due.insert((due_ms, account.account_id.clone()));
+            }
             let account_id = account.account_id.clone();
             let previous = ledger.accounts.insert(account_id.clone(), account);
             assert!(
@@ -148,7 +159,7 @@ impl Ledger {
                 entries.len() as u64 + 1,
                 "restore: journal of {account_id:?} has a gap or is out of order"
             );
-            entries.push(entry);
+            entries.push_back(entry);
         }
         for (account_id, account) in &ledger.accounts {
             let last = ledger
@@ -168,13 +179,7 @@ impl Ledger {
                 "restore: events out of order"
             );
         }
-        ledger.events = parts.events;
-        for account in ledger.accounts.values_mut() {
-            account.due_ms = account.next_due();
-            if let Some(due_ms) = account.due_ms {
-                ledger.due.insert((due_ms, account.account_id.clone()));
-            }
-        }
+        ledger.events = parts.events.into_iter().collect();
         ledger
     }
 
@@ -221,12 +226,13 @@ impl Ledger {
     }
 
     /// The persisted journal of an account (entries up to its last settlement).
-    pub fn journal(&self, account_id: &str) -> &[JournalEntry] {
-        self.journals.get(account_id).map_or(&[], Vec::as_slice)
+    pub fn journal(&self, account_id: &str) -> &Vector<JournalEntry> {
+        static EMPTY: LazyLock<Vector<JournalEntry>> = LazyLock::new(Vector::new);
+        self.journals.get(account_id).unwrap_or(&EMPTY)
     }
 
     /// Every account's journal, in account id order.
-    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vec<JournalEntry>)> {
+    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vector<JournalEntry>)> {
         self.journals.iter()
     }
 
@@ -241,19 +247,21 @@ impl Ledger {
             &self.meta.catalog,
             &mut effects,
         );
-        let mut entries = self.journal(account_id).to_vec();
+        let mut entries: Vec<JournalEntry> = self.journal(account_id).iter().cloned().collect();
         entries.extend(effects.journal);
         Some(entries)
     }
 
     /// Events with a sequence above `after`, at most `limit`.
-    pub fn events_after(&self, after: u64, limit: usize) -> &[Event] {
-        let start = (after as usize).min(self.events.len());
+    pub fn events_after(&self, after: u64, limit: usize) -> impl Iterator<Item = &Event> {
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(self.events.len());
         let end = start.saturating_add(limit).min(self.events.len());
-        &self.events[start..end]
+        self.events.focus().narrow(start..end).into_iter()
     }
 
-    pub fn events(&self) -> &[Event] {
+    pub fn events(&self) -> &Vector<Event> {
         &self.events
     }
 
@@ -271,7 +279,7 @@ impl Ledger {
 
     /// The earliest instant at which some account has something due (a `Tick` then settles it).
     pub fn next_due_ms(&self) -> Option<u64> {
-        self.due.first().map(|(due_ms, _)| *due_ms)
+        self.due.get_min().map(|(due_ms, _)| *due_ms)
     }
 
     /// The account as seen at `now_ms`, or at the last applied stamp if that is later: settled
@@ -432,7 +440,7 @@ impl Ledger {
         }
         for (at_ms, kind) in effects.events {
             let sequence = self.events.len() as u64 + 1;
-            self.events.push(Event {
+            self.events.push_back(Event {
                 sequence,
                 at_ms,
                 account_id: account_id.to_owned(),

@@ -194,7 +194,8 @@ async fn deliver_webhooks(context: Arc<NodeContext>, mut shutdown: watch::Receiv
                     ledger.catalog().webhook.clone(),
                     ledger
                         .events_after(acknowledged, WEBHOOK_BATCH_MAX)
-                        .to_vec(),
+                        .cloned()
+                        .collect::<Vec<_>>(),
                 )
             };
             let Some(endpoint) = endpoint else { continue };
