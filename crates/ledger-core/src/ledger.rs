@@ -411,25 +411,27 @@ impl Ledger {
         let mut effects = Effects::default();
         account.settle(now_ms, &self.meta.catalog, &mut effects);
         let result = operation(account, &self.meta.catalog, &mut effects);
-        self.record_effects(account_id, effects);
+        let due_change = check_and_move_due(account);
+        self.record_effects(account_id, due_change, effects);
         Some(result)
     }
 
-    fn record_effects(&mut self, account_id: &str, effects: Effects) {
-        let account = self
-            .accounts
-            .get_mut(account_id)
-            .expect("effects of an existing account");
-        account.assert_invariants();
-        let due_ms = account.next_due();
-        if due_ms != account.due_ms {
-            if let Some(previous) = account.due_ms {
+    /// Records what a change of an account produced: its move in the due index (from
+    /// `check_and_move_due`), journal entries, events and timed-out reservations. Takes no
+    /// account, so that the caller searches the account map once per command.
+    fn record_effects(
+        &mut self,
+        account_id: &str,
+        due_change: Option<DueChange>,
+        effects: Effects,
+    ) {
+        if let Some(DueChange { previous, next }) = due_change {
+            if let Some(previous) = previous {
                 self.due.remove(&(previous, account_id.to_owned()));
             }
-            if let Some(due_ms) = due_ms {
-                self.due.insert((due_ms, account_id.to_owned()));
+            if let Some(next) = next {
+                self.due.insert((next, account_id.to_owned()));
             }
-            account.due_ms = due_ms;
         }
         if !effects.journal.is_empty() {
             let entries = match self.journals.get_mut(account_id) {
@@ -469,11 +471,10 @@ impl Ledger {
                 rejected(Rejection::AccountConflict)
             };
         }
-        self.accounts.insert(
-            account_id.to_owned(),
-            Account::new(account_id, overdraft_limit, now_ms),
-        );
-        self.record_effects(account_id, Effects::default());
+        let mut account = Account::new(account_id, overdraft_limit, now_ms);
+        let due_change = check_and_move_due(&mut account);
+        self.accounts.insert(account_id.to_owned(), account);
+        self.record_effects(account_id, due_change, Effects::default());
         accepted(Accepted::AccountCreated)
     }
 
@@ -1160,6 +1161,24 @@ impl Ledger {
         self.events.hash(&mut hasher);
         hasher.0.digest128()
     }
+}
+
+/// An account's move in the due index: its due instant before and after a change.
+struct DueChange {
+    previous: Option<u64>,
+    next: Option<u64>,
+}
+
+/// Checks an account's invariants after a change (panics when one is broken: see the crate
+/// header) and updates its due instant; returns the move when the instant changed.
+fn check_and_move_due(account: &mut Account) -> Option<DueChange> {
+    account.assert_invariants();
+    let next = account.next_due();
+    if next == account.due_ms {
+        return None;
+    }
+    let previous = std::mem::replace(&mut account.due_ms, next);
+    Some(DueChange { previous, next })
 }
 
 /// Feeds `std::hash::Hash` into XXH3.
