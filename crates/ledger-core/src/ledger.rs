@@ -14,7 +14,7 @@
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use imbl::{OrdMap, OrdSet, Vector};
 
@@ -24,6 +24,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
 use crate::cluster::ClusterMap;
 use crate::journal::{EntryKind, Event, JournalEntry};
+use crate::records::DebitRecords;
 use crate::types::*;
 
 /// Most accounts one `Tick` settles, so that one entry's apply stays short; a tick that leaves
@@ -87,16 +88,20 @@ pub struct AccountView {
 
 /// The state of one shard's ledger.
 ///
-/// Every collection is persistent (`imbl`: B-trees and RRB vectors of shared nodes), so `clone`
-/// is O(1) and a copy shares all nodes with the original until either side writes to one. A
-/// snapshot takes its consistent copy under the shard's read lock: with a `BTreeMap` that copy
-/// walked millions of debit records while no entry could be applied.
+/// Cloning is cheap and does not walk what the shard has recorded: the debit records are
+/// partitions shared copy-on-write (`records`), the other collections persistent (`imbl`: B-trees
+/// and RRB vectors of shared nodes), and a copy shares everything with the original until either
+/// side writes. A snapshot takes its consistent copy under the shard's read lock; with plain
+/// `BTreeMap`s that copy walked millions of records while no entry could be applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    accounts: OrdMap<String, Account>,
+    /// Behind an `Arc`: an account is large (over 400 bytes), and a B-tree node holds its
+    /// entries inline, so a search would stride over whole accounts. A change clones an account
+    /// only while a snapshot's copy still shares it (`Arc::make_mut`).
+    accounts: OrdMap<String, Arc<Account>>,
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
     /// decisions about accounts that did not exist.
-    debit_records: OrdMap<(String, String), DebitRecord>,
+    debit_records: DebitRecords,
     /// Every grant id rejected for a reason of state or time, keyed by (account id, grant id),
     /// also for accounts that did not exist. An accepted grant id is the grant on its account
     /// instead; a grant id is never both.
@@ -134,7 +139,9 @@ impl Ledger {
                 ledger.due.insert((due_ms, account.account_id.clone()));
             }
             let account_id = account.account_id.clone();
-            let previous = ledger.accounts.insert(account_id.clone(), account);
+            let previous = ledger
+                .accounts
+                .insert(account_id.clone(), Arc::new(account));
             assert!(
                 previous.is_none(),
                 "restore: account {account_id:?} given twice"
@@ -184,21 +191,20 @@ impl Ledger {
     }
 
     pub fn account(&self, account_id: &str) -> Option<&Account> {
-        self.accounts.get(account_id)
+        self.accounts.get(account_id).map(Arc::as_ref)
     }
 
     /// Accounts in account id order.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
-        self.accounts.values()
+        self.accounts.values().map(Arc::as_ref)
     }
 
     /// The decided outcome of a debit key, if it was ever decided.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
-        self.debit_records
-            .get(&(account_id, idempotency_key) as &dyn RecordKey)
+        self.debit_records.get(account_id, idempotency_key)
     }
 
-    /// Debit records in (account id, idempotency key) order.
+    /// Debit records, partition by partition (see `records`), each in key order.
     pub fn debit_records(&self) -> impl Iterator<Item = (&(String, String), &DebitRecord)> {
         self.debit_records.iter()
     }
@@ -240,7 +246,7 @@ impl Ledger {
     /// through `now_ms` would add (expiries, resets, time-outs that no command or tick has
     /// recorded yet). `None` for an unknown account.
     pub fn journal_at(&self, account_id: &str, now_ms: u64) -> Option<Vec<JournalEntry>> {
-        let mut account = self.accounts.get(account_id)?.clone();
+        let mut account = Account::clone(self.accounts.get(account_id)?);
         let mut effects = Effects::default();
         account.settle(
             now_ms.max(self.meta.last_timestamp_ms),
@@ -285,7 +291,7 @@ impl Ledger {
     /// The account as seen at `now_ms`, or at the last applied stamp if that is later: settled
     /// through that instant exactly as the next command would see it.
     pub fn view(&self, account_id: &str, now_ms: u64) -> Option<AccountView> {
-        let mut account = self.accounts.get(account_id)?.clone();
+        let mut account = Account::clone(self.accounts.get(account_id)?);
         let now_ms = now_ms.max(self.meta.last_timestamp_ms);
         account.settle(now_ms, &self.meta.catalog, &mut Effects::default());
         account.roll_limit_windows(now_ms);
@@ -407,7 +413,7 @@ impl Ledger {
         now_ms: u64,
         operation: impl FnOnce(&mut Account, &Catalog, &mut Effects) -> T,
     ) -> Option<T> {
-        let account = self.accounts.get_mut(account_id)?;
+        let account = Arc::make_mut(self.accounts.get_mut(account_id)?);
         let mut effects = Effects::default();
         account.settle(now_ms, &self.meta.catalog, &mut effects);
         let result = operation(account, &self.meta.catalog, &mut effects);
@@ -473,7 +479,8 @@ impl Ledger {
         }
         let mut account = Account::new(account_id, overdraft_limit, now_ms);
         let due_change = check_and_move_due(&mut account);
-        self.accounts.insert(account_id.to_owned(), account);
+        self.accounts
+            .insert(account_id.to_owned(), Arc::new(account));
         self.record_effects(account_id, due_change, Effects::default());
         accepted(Accepted::AccountCreated)
     }
@@ -1230,7 +1237,7 @@ fn setting_outcome(result: Option<Result<bool, Rejection>>) -> Outcome {
 /// Lets the record maps, keyed by an owned `(String, String)`, be searched with a pair of borrowed
 /// `&str` without allocating (a map can only be searched by a type its key borrows as). Both
 /// sides order exactly as the tuple does, which `Borrow` requires.
-trait RecordKey {
+pub(crate) trait RecordKey {
     fn parts(&self) -> (&str, &str);
 }
 

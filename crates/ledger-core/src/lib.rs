@@ -38,6 +38,7 @@ pub mod fault_injection;
 mod journal;
 mod ledger;
 mod period;
+mod records;
 mod shard;
 mod types;
 
