@@ -13,10 +13,8 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, LazyLock};
-
-use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -24,7 +22,6 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
 use crate::cluster::ClusterMap;
 use crate::journal::{EntryKind, Event, JournalEntry};
-use crate::records::DebitRecords;
 use crate::types::*;
 
 /// Most accounts one `Tick` settles, so that one entry's apply stays short; a tick that leaves
@@ -87,32 +84,23 @@ pub struct AccountView {
 }
 
 /// The state of one shard's ledger.
-///
-/// Cloning is cheap and does not walk what the shard has recorded: the debit records are
-/// partitions shared copy-on-write (`records`), the other collections persistent (`imbl`: B-trees
-/// and RRB vectors of shared nodes), and a copy shares everything with the original until either
-/// side writes. A snapshot takes its consistent copy under the shard's read lock; with plain
-/// `BTreeMap`s that copy walked millions of records while no entry could be applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    /// Behind an `Arc`: an account is large (over 400 bytes), and a B-tree node holds its
-    /// entries inline, so a search would stride over whole accounts. A change clones an account
-    /// only while a snapshot's copy still shares it (`Arc::make_mut`).
-    accounts: OrdMap<String, Arc<Account>>,
+    accounts: BTreeMap<String, Account>,
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
     /// decisions about accounts that did not exist.
-    debit_records: DebitRecords,
+    debit_records: BTreeMap<(String, String), DebitRecord>,
     /// Every grant id rejected for a reason of state or time, keyed by (account id, grant id),
     /// also for accounts that did not exist. An accepted grant id is the grant on its account
     /// instead; a grant id is never both.
-    grant_records: OrdMap<(String, String), GrantRecord>,
+    grant_records: BTreeMap<(String, String), GrantRecord>,
     /// Every reservation id decided, keyed by (account id, reservation id).
-    reservations: OrdMap<(String, String), Reservation>,
-    journals: OrdMap<String, Vector<JournalEntry>>,
-    events: Vector<Event>,
+    reservations: BTreeMap<(String, String), Reservation>,
+    journals: BTreeMap<String, Vec<JournalEntry>>,
+    events: Vec<Event>,
     meta: ShardMeta,
     /// (instant, account) for every account with something due (`Account::next_due`). Derived.
-    due: OrdSet<(u64, String)>,
+    due: BTreeSet<(u64, String)>,
 }
 
 impl Ledger {
@@ -132,16 +120,10 @@ impl Ledger {
             meta: parts.meta,
             ..Ledger::default()
         };
-        for mut account in parts.accounts {
+        for account in parts.accounts {
             account.assert_invariants();
-            account.due_ms = account.next_due();
-            if let Some(due_ms) = account.due_ms {
-                ledger.due.insert((due_ms, account.account_id.clone()));
-            }
             let account_id = account.account_id.clone();
-            let previous = ledger
-                .accounts
-                .insert(account_id.clone(), Arc::new(account));
+            let previous = ledger.accounts.insert(account_id.clone(), account);
             assert!(
                 previous.is_none(),
                 "restore: account {account_id:?} given twice"
@@ -166,7 +148,7 @@ impl Ledger {
                 entries.len() as u64 + 1,
                 "restore: journal of {account_id:?} has a gap or is out of order"
             );
-            entries.push_back(entry);
+            entries.push(entry);
         }
         for (account_id, account) in &ledger.accounts {
             let last = ledger
@@ -186,25 +168,32 @@ impl Ledger {
                 "restore: events out of order"
             );
         }
-        ledger.events = parts.events.into_iter().collect();
+        ledger.events = parts.events;
+        for account in ledger.accounts.values_mut() {
+            account.due_ms = account.next_due();
+            if let Some(due_ms) = account.due_ms {
+                ledger.due.insert((due_ms, account.account_id.clone()));
+            }
+        }
         ledger
     }
 
     pub fn account(&self, account_id: &str) -> Option<&Account> {
-        self.accounts.get(account_id).map(Arc::as_ref)
+        self.accounts.get(account_id)
     }
 
     /// Accounts in account id order.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
-        self.accounts.values().map(Arc::as_ref)
+        self.accounts.values()
     }
 
     /// The decided outcome of a debit key, if it was ever decided.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
-        self.debit_records.get(account_id, idempotency_key)
+        self.debit_records
+            .get(&(account_id, idempotency_key) as &dyn RecordKey)
     }
 
-    /// Debit records, partition by partition (see `records`), each in key order.
+    /// Debit records in (account id, idempotency key) order.
     pub fn debit_records(&self) -> impl Iterator<Item = (&(String, String), &DebitRecord)> {
         self.debit_records.iter()
     }
@@ -232,13 +221,12 @@ impl Ledger {
     }
 
     /// The persisted journal of an account (entries up to its last settlement).
-    pub fn journal(&self, account_id: &str) -> &Vector<JournalEntry> {
-        static EMPTY: LazyLock<Vector<JournalEntry>> = LazyLock::new(Vector::new);
-        self.journals.get(account_id).unwrap_or(&EMPTY)
+    pub fn journal(&self, account_id: &str) -> &[JournalEntry] {
+        self.journals.get(account_id).map_or(&[], Vec::as_slice)
     }
 
     /// Every account's journal, in account id order.
-    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vector<JournalEntry>)> {
+    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vec<JournalEntry>)> {
         self.journals.iter()
     }
 
@@ -246,28 +234,26 @@ impl Ledger {
     /// through `now_ms` would add (expiries, resets, time-outs that no command or tick has
     /// recorded yet). `None` for an unknown account.
     pub fn journal_at(&self, account_id: &str, now_ms: u64) -> Option<Vec<JournalEntry>> {
-        let mut account = Account::clone(self.accounts.get(account_id)?);
+        let mut account = self.accounts.get(account_id)?.clone();
         let mut effects = Effects::default();
         account.settle(
             now_ms.max(self.meta.last_timestamp_ms),
             &self.meta.catalog,
             &mut effects,
         );
-        let mut entries: Vec<JournalEntry> = self.journal(account_id).iter().cloned().collect();
+        let mut entries = self.journal(account_id).to_vec();
         entries.extend(effects.journal);
         Some(entries)
     }
 
     /// Events with a sequence above `after`, at most `limit`.
-    pub fn events_after(&self, after: u64, limit: usize) -> impl Iterator<Item = &Event> {
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(self.events.len());
+    pub fn events_after(&self, after: u64, limit: usize) -> &[Event] {
+        let start = (after as usize).min(self.events.len());
         let end = start.saturating_add(limit).min(self.events.len());
-        self.events.focus().narrow(start..end).into_iter()
+        &self.events[start..end]
     }
 
-    pub fn events(&self) -> &Vector<Event> {
+    pub fn events(&self) -> &[Event] {
         &self.events
     }
 
@@ -285,13 +271,13 @@ impl Ledger {
 
     /// The earliest instant at which some account has something due (a `Tick` then settles it).
     pub fn next_due_ms(&self) -> Option<u64> {
-        self.due.get_min().map(|(due_ms, _)| *due_ms)
+        self.due.first().map(|(due_ms, _)| *due_ms)
     }
 
     /// The account as seen at `now_ms`, or at the last applied stamp if that is later: settled
     /// through that instant exactly as the next command would see it.
     pub fn view(&self, account_id: &str, now_ms: u64) -> Option<AccountView> {
-        let mut account = Account::clone(self.accounts.get(account_id)?);
+        let mut account = self.accounts.get(account_id)?.clone();
         let now_ms = now_ms.max(self.meta.last_timestamp_ms);
         account.settle(now_ms, &self.meta.catalog, &mut Effects::default());
         account.roll_limit_windows(now_ms);
@@ -413,7 +399,7 @@ impl Ledger {
         now_ms: u64,
         operation: impl FnOnce(&mut Account, &Catalog, &mut Effects) -> T,
     ) -> Option<T> {
-        let account = Arc::make_mut(self.accounts.get_mut(account_id)?);
+        let account = self.accounts.get_mut(account_id)?;
         let mut effects = Effects::default();
         account.settle(now_ms, &self.meta.catalog, &mut effects);
         let result = operation(account, &self.meta.catalog, &mut effects);
@@ -448,7 +434,7 @@ impl Ledger {
         }
         for (at_ms, kind) in effects.events {
             let sequence = self.events.len() as u64 + 1;
-            self.events.push_back(Event {
+            self.events.push(Event {
                 sequence,
                 at_ms,
                 account_id: account_id.to_owned(),
@@ -479,8 +465,7 @@ impl Ledger {
         }
         let mut account = Account::new(account_id, overdraft_limit, now_ms);
         let due_change = check_and_move_due(&mut account);
-        self.accounts
-            .insert(account_id.to_owned(), Arc::new(account));
+        self.accounts.insert(account_id.to_owned(), account);
         self.record_effects(account_id, due_change, Effects::default());
         accepted(Accepted::AccountCreated)
     }
@@ -1237,7 +1222,7 @@ fn setting_outcome(result: Option<Result<bool, Rejection>>) -> Outcome {
 /// Lets the record maps, keyed by an owned `(String, String)`, be searched with a pair of borrowed
 /// `&str` without allocating (a map can only be searched by a type its key borrows as). Both
 /// sides order exactly as the tuple does, which `Borrow` requires.
-pub(crate) trait RecordKey {
+trait RecordKey {
     fn parts(&self) -> (&str, &str);
 }
 

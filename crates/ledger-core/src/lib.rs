@@ -38,7 +38,6 @@ pub mod fault_injection;
 mod journal;
 mod ledger;
 mod period;
-mod records;
 mod shard;
 mod types;
 

@@ -1915,7 +1915,7 @@ fn parts_of(ledger: &Ledger) -> LedgerParts {
                     .map(move |entry| (account_id.clone(), entry.clone()))
             })
             .collect(),
-        events: ledger.events().iter().cloned().collect(),
+        events: ledger.events().to_vec(),
         meta: ledger.meta().clone(),
     }
 }

@@ -194,8 +194,7 @@ async fn deliver_webhooks(context: Arc<NodeContext>, mut shutdown: watch::Receiv
                     ledger.catalog().webhook.clone(),
                     ledger
                         .events_after(acknowledged, WEBHOOK_BATCH_MAX)
-                        .cloned()
-                        .collect::<Vec<_>>(),
+                        .to_vec(),
                 )
             };
             let Some(endpoint) = endpoint else { continue };

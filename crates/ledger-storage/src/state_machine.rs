@@ -76,7 +76,7 @@ struct SnapshotPayloadRef<'a> {
     grant_records: Vec<(&'a (String, String), &'a GrantRecord)>,
     reservations: Vec<(&'a (String, String), &'a Reservation)>,
     journal: Vec<(&'a String, &'a JournalEntry)>,
-    events: Vec<&'a Event>,
+    events: &'a [Event],
     meta: &'a ShardMeta,
 }
 
@@ -310,7 +310,7 @@ fn encode_snapshot_payload(shard: ShardId, state: &ShardState) -> Result<Vec<u8>
             .journals()
             .flat_map(|(account_id, entries)| entries.iter().map(move |entry| (account_id, entry)))
             .collect(),
-        events: state.ledger.events().iter().collect(),
+        events: state.ledger.events(),
         meta: state.ledger.meta(),
     };
     encode(&payload, "snapshot", shard)

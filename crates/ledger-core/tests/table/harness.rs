@@ -877,8 +877,8 @@ fn check_entries(
     // The persisted journal is what the settlement through the stamp extends.
     let persisted = ledger.journal(&account_id);
     assert_eq!(
-        entries[..persisted.len()].iter().collect::<Vec<_>>(),
-        persisted.iter().collect::<Vec<_>>(),
+        &entries[..persisted.len()],
+        persisted,
         "{}: persisted prefix",
         context()
     );
@@ -1027,7 +1027,7 @@ fn check_events(
     assert_eq!(
         ledger
             .events_after(after, usize::MAX)
-            .next()
+            .first()
             .map(|event| event.sequence),
         ledger
             .events()
@@ -1038,6 +1038,7 @@ fn check_events(
     );
     let actual: Vec<_> = ledger
         .events_after(after, usize::MAX)
+        .iter()
         .filter(|event| account.as_ref().is_none_or(|id| event.account_id == *id))
         .map(event_item)
         .collect();

@@ -1111,7 +1111,7 @@ async fn read_shard_events(
     request: &Forwardable,
 ) -> Result<Vec<Event>, Response> {
     match routing::linearizable_read(context, shard, request, |state| {
-        state.ledger.events_after(after, limit).cloned().collect()
+        state.ledger.events_after(after, limit).to_vec()
     })
     .await
     {
