@@ -521,10 +521,12 @@ fn key_of(call: Call) -> Option<u32> {
 }
 
 /// Lowe's memo keeps a 128-bit digest of (operations placed, model state) instead of the pair.
-/// The pair held a bitset of every operation per entry, and a 25-minute run's histories made the
-/// harness run out of memory (23 GB) while checking. A digest collision can only make the search
-/// skip a configuration it has not explored, so at worst it reports a linearizable history as
-/// not linearizable (never the reverse), with a chance of about 2^-128 per pair of entries.
+/// The pair held a bitset over every operation of the account per entry, so the memo grew with
+/// the square of the history's length. (It was not the whole of the harness's memory growth in
+/// long runs: see `jepsen-tests/RESULTS.md`, session 10.) A digest collision can only make the
+/// search skip a configuration it has not explored, so at worst it reports a linearizable
+/// history as not linearizable (never the reverse), with a chance of about 2^-128 per pair of
+/// entries.
 fn memo_key(placed: &[u64], state: &AccountModel) -> u128 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     placed.hash(&mut hasher);
