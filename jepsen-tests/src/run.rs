@@ -306,7 +306,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, HarnessError> {
     ));
     results.push(crash_check(&timeline));
 
-    let events = recorder.events();
+    let events = recorder.take_events();
     let operations = history::operations(&events);
     let final_state = read_final_state(&urls, &accounts, &operations).await?;
     results.push(replica_check(&cluster).await);

@@ -177,7 +177,7 @@ async fn send(client: &LedgerClient, url: &str, account: &str, request: &Request
                     .map_err(|error| error.to_string())
                     .and_then(|body| AccountSnapshot::from_json(&body))
                 {
-                    Ok(snapshot) => Outcome::Ok(Answer::Read(snapshot)),
+                    Ok(snapshot) => Outcome::Ok(Answer::Read(snapshot.without_grant_list())),
                     Err(error) => Outcome::Info(format!("undecodable read: {error}")),
                 }
             }
