@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use openraft::{Config, SnapshotPolicy};
 
+use crate::{NodeId, ShardId};
+
 /// The group settings were rejected by openraft's validation.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid raft group settings: {message}")]
@@ -43,7 +45,9 @@ impl Default for GroupTiming {
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotSettings {
     /// Build a snapshot once this many entries (each a batch of commands) were applied since the
-    /// last one. Snapshots serialize the shard's whole state, so not too often.
+    /// last one. Snapshots serialize the shard's whole state, so not too often. Each replica
+    /// waits for up to 7/16 more (see [`replica_config`]), so that the replicas of a shard do not
+    /// all build theirs at once.
     pub entries_since_last: u64,
     /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches up
     /// from the log rather than by a snapshot transfer.
@@ -85,4 +89,64 @@ pub fn group_config(
         message: error.to_string(),
     })?;
     Ok(Arc::new(config))
+}
+
+/// The config of `node`'s replica of `shard`: the node's group config with the snapshot
+/// threshold spread over `[n, n + 7n/16]` by replica, where `n` is
+/// [`SnapshotSettings::entries_since_last`].
+///
+/// With one threshold, every replica of a shard reaches it at the same log index and builds the
+/// same snapshot in the same seconds; a build holds up the replica's applies and fills its disk,
+/// so all of them slowed down at once and so did the shard (`benches/RESULTS.md`, session 10).
+/// The spread is `(node + 3 × shard) mod 8` sixteenths of `n`: distinct for replicas on nodes
+/// whose ids differ by less than 8, and for 8 consecutive shards on one node.
+pub fn replica_config(group: &Config, node: NodeId, shard: ShardId) -> Arc<Config> {
+    let mut config = group.clone();
+    if let SnapshotPolicy::LogsSinceLast(entries) = group.snapshot_policy {
+        let spread = (node.wrapping_add(3 * u64::from(shard))) % 8;
+        let extra = entries.saturating_mul(spread) / 16;
+        config.snapshot_policy = SnapshotPolicy::LogsSinceLast(entries.saturating_add(extra));
+    }
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threshold(config: &Config) -> u64 {
+        match config.snapshot_policy {
+            SnapshotPolicy::LogsSinceLast(entries) => entries,
+            SnapshotPolicy::Never => panic!("the ledger always snapshots"),
+        }
+    }
+
+    #[test]
+    fn the_replicas_of_a_shard_snapshot_at_different_points_within_the_bound() {
+        let settings = SnapshotSettings {
+            entries_since_last: 16_000,
+            entries_to_keep: 100,
+        };
+        let group = group_config(16, GroupTiming::default(), settings).expect("valid settings");
+        for shard in 0..16 {
+            let thresholds: Vec<u64> = (1..=5)
+                .map(|node| threshold(&replica_config(&group, node, shard)))
+                .collect();
+            let mut distinct = thresholds.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 5, "shard {shard}: {thresholds:?}");
+            assert!(
+                thresholds
+                    .iter()
+                    .all(|&entries| (16_000..=23_000).contains(&entries)),
+                "shard {shard}: {thresholds:?}"
+            );
+        }
+        // Only the threshold differs from the group's config.
+        let replica = replica_config(&group, 2, 3);
+        assert_eq!(replica.max_in_snapshot_log_to_keep, 100);
+        assert_eq!(replica.heartbeat_interval, group.heartbeat_interval);
+        assert_eq!(replica.cluster_name, group.cluster_name);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ledger_actors::{AccountActors, ActorLimits, ActorRuntime};
 use ledger_core::cluster::META_SHARD;
-use ledger_raft::config::{group_config, GroupTiming, SnapshotSettings};
+use ledger_raft::config::{group_config, replica_config, GroupTiming, SnapshotSettings};
 use ledger_raft::election_gate::{spawn_election_gate, GateSettings, GateStats};
 use ledger_raft::network::{serve, RaftTransport, ShardRegistry};
 use ledger_raft::proposer::{spawn_proposer, ProposerConfig, ProposerHandle};
@@ -297,7 +297,7 @@ impl NodeContext {
                 .map_err(|error| NodeError::Storage(error.to_string()))?;
         let raft = LedgerRaft::new(
             self.node_id(),
-            Arc::clone(&self.raft_config),
+            replica_config(&self.raft_config, self.node_id(), shard),
             self.transport.network_factory(shard),
             log_store,
             state_machine,

@@ -29,6 +29,15 @@ pub enum StorageError {
         source: rocksdb::Error,
     },
 
+    /// A snapshot file could not be written, read, renamed or deleted.
+    #[error("{action} snapshot file {path} failed: {source}")]
+    SnapshotFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A RocksDB read or write failed.
     #[error(
         "RocksDB {operation} failed on column family {column_family} (shard {shard}): {source}"

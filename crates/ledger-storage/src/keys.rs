@@ -11,7 +11,11 @@
 //! | `raft_state` | shard ++ tag (vote, committed, last purged) | bincode `Vote` / `LogId` |
 //! | `raft_state` | `u32::MAX` ++ `NODE_RECORD` | the node's own record (server-defined bytes) |
 //! | `snapshot` | shard ++ `SNAPSHOT_META` | bincode `StoredSnapshotMeta` of the current snapshot |
-//! | `snapshot` | shard ++ `SNAPSHOT_DATA` | the current snapshot's bytes (bincode format version `u32`, then a bincode `SnapshotPayload`) |
+//! | `snapshot` | shard ++ `SNAPSHOT_DATA` | written by older versions only: the current snapshot's bytes, read when its file is absent and deleted at the next snapshot |
+//!
+//! The current snapshot's bytes (bincode format version `u32`, then a bincode `SnapshotPayload`)
+//! are the file `snapshots/<shard>/<sequence>.snapshot` inside the database directory
+//! (`snapshot_files.rs`), named by the meta's `sequence`.
 
 use ledger_raft::ShardId;
 

@@ -10,8 +10,9 @@
 //! - [`StateMachineStore`] (`RaftStateMachine`): the shard's `ledger_core::Ledger` in memory,
 //!   shared with readers as a `SharedShardState`. `apply` changes memory only: the Raft log is
 //!   the state machine's write-ahead log, and the state is checkpointed as the shard's current
-//!   snapshot (built by openraft's snapshot policy or installed, each one fsynced batch). A
-//!   shard opens with its snapshot's state and openraft re-applies the committed log after it.
+//!   snapshot (built by openraft's snapshot policy or installed): its bytes in a synced file of
+//!   their own beside the database, then its meta in one fsynced batch. A shard opens with its
+//!   snapshot's state and openraft re-applies the committed log after it.
 //!
 //! The on-disk layout is described in `keys.rs`; the durability argument of every unsynced
 //! write is next to it, in `log_store.rs` and `state_machine.rs`.
@@ -26,6 +27,7 @@ mod fail_points;
 mod keys;
 mod log_store;
 mod node;
+mod snapshot_files;
 mod state_machine;
 mod syncer;
 

@@ -16,6 +16,7 @@ use crate::error::StorageError;
 use crate::fail_points::FailPoints;
 use crate::keys::*;
 use crate::log_store::{LogPointers, LogStore};
+use crate::snapshot_files::SnapshotFiles;
 use crate::state_machine::{load_state, SnapshotSlot, StateMachineStore};
 use crate::syncer::{LogSyncStats, SyncerShared, WalSyncer};
 
@@ -46,6 +47,8 @@ pub(crate) struct NodeInner {
     pub(crate) db: Arc<DB>,
     pub(crate) syncer_shared: Arc<SyncerShared>,
     pub(crate) fail_points: Arc<FailPoints>,
+    /// The bytes of every shard's current snapshot (its meta is in the `snapshot` family).
+    pub(crate) snapshot_files: SnapshotFiles,
     open_shards: Mutex<BTreeSet<ShardId>>,
     path: PathBuf,
 }
@@ -114,6 +117,7 @@ impl NodeStorage {
                 db,
                 syncer_shared,
                 fail_points,
+                snapshot_files: SnapshotFiles::new(&path),
                 open_shards: Mutex::new(BTreeSet::new()),
                 path,
             }),
@@ -171,8 +175,8 @@ impl NodeStorage {
         })
     }
 
-    /// Deletes every key of `shard` (log, vote, applied state, snapshot) in one synced write:
-    /// the replica left this node. The shard must not be open; afterwards it can be opened again
+    /// Deletes every key of `shard` (log, vote, applied state, snapshot meta) in one synced
+    /// write, then its snapshot files: the replica left this node. The shard must not be open; afterwards it can be opened again
     /// as a new, empty replica. Blocking.
     pub fn delete_shard(&self, shard: ShardId) -> Result<(), StorageError> {
         // Holding the claim while deleting keeps `open_shard` out until the keys are gone.
@@ -182,9 +186,11 @@ impl NodeStorage {
         for family in COLUMN_FAMILIES {
             batch.delete_range_cf(handle.node.cf(family), start, end);
         }
-        handle
-            .node
-            .write(batch, Durability::Synced, CF_RAFT_STATE, shard)?;
+        handle.node.snapshot_files.switch(shard, None, || {
+            handle
+                .node
+                .write(batch, Durability::Synced, CF_RAFT_STATE, shard)
+        })?;
         tracing::info!(shard, "shard replica deleted from storage");
         Ok(())
     }
@@ -247,16 +253,20 @@ impl NodeStorage {
 
     /// Writes a consistent copy of the whole database (every shard's log, vote and state) to
     /// `directory`, which must not exist yet: a RocksDB checkpoint, made of hard links to the
-    /// immutable table files where the file system allows it, after flushing the memtables. A
-    /// node started on a copy of it (as its `<data_dir>/rocksdb`) recovers the state of this
-    /// moment. Blocking: call it off the async workers.
+    /// immutable table files where the file system allows it, after flushing the memtables, and
+    /// the snapshot files beside it (hard links too). No shard switches to another snapshot
+    /// meanwhile, so every snapshot the copy names is in it. A node started on a copy of it (as
+    /// its `<data_dir>/rocksdb`) recovers the state of this moment. Blocking: call it off the
+    /// async workers.
     pub fn checkpoint(&self, directory: &Path) -> Result<(), StorageError> {
         let failed = |source| StorageError::Checkpoint {
             path: directory.to_path_buf(),
             source,
         };
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.node.db).map_err(failed)?;
-        checkpoint.create_checkpoint(directory).map_err(failed)
+        let _no_switch = self.node.snapshot_files.hold_switches();
+        checkpoint.create_checkpoint(directory).map_err(failed)?;
+        self.node.snapshot_files.link_all_into(directory)
     }
 
     /// Counters of the group commit (WAL syncs and the appends they completed).

@@ -1,5 +1,6 @@
 //! The state machine store of one shard (`RaftStateMachine`): the ledger in memory, shared with
-//! readers, checkpointed as the shard's current snapshot in the `snapshot` column family.
+//! readers, checkpointed as the shard's current snapshot (its meta in the `snapshot` column
+//! family, its bytes in a file, see `snapshot_files`).
 //!
 //! **The Raft log is the state machine's write-ahead log.** `apply` changes memory only; the
 //! state reaches the disk as a snapshot (built by openraft's snapshot policy, or installed from
@@ -7,8 +8,9 @@
 //! the committed entries after it from the log (`read_committed`, then the leader's commit
 //! index). This is sound because openraft purges the log only up to a snapshot it has built or
 //! installed: every applied entry is either in the current snapshot or still in the log.
-//! **Invariant:** a snapshot install replaces the shard's state and its current snapshot in one
-//! fsynced write batch; a half-installed snapshot never survives a crash.
+//! **Invariant:** a snapshot install makes it the shard's current snapshot with one fsynced write
+//! batch (of its meta, naming its already synced file) before the state in memory is replaced; a
+//! half-installed snapshot never survives a crash.
 //! **Invariant:** a snapshot's bytes are the state at its `last_log_id` exactly: the copy is taken
 //! under the state's lock, between two applies.
 //!
@@ -105,6 +107,11 @@ struct SnapshotSlotState {
 impl SnapshotSlot {
     pub(crate) fn load(shard: &ShardHandle) -> Result<SnapshotSlot, StorageError> {
         let stored = read_snapshot_meta(shard)?;
+        // What a crash left between writing a snapshot file and switching to it.
+        shard
+            .node
+            .snapshot_files
+            .remove_all_but(shard.shard, stored.as_ref().map(|stored| stored.sequence))?;
         Ok(SnapshotSlot {
             current: Mutex::new(SnapshotSlotState {
                 stored_last_log_id: stored.as_ref().map(|stored| stored.meta.last_log_id),
@@ -325,9 +332,11 @@ fn snapshot_id(last_log_id: Option<LedgerLogId>, sequence: u64) -> String {
     }
 }
 
-/// Makes `meta` and `data` the shard's current snapshot: one fsynced batch that replaces the
-/// previous one (so a crash leaves either one whole), recorded in `slot`. Synced because the
-/// snapshot is the state machine's checkpoint: openraft purges the log up to it next.
+/// Makes `meta` and `data` the shard's current snapshot, recorded in `slot`: the bytes go to a
+/// synced file of their own (`snapshot_files`: not through the database, whose WAL the Raft log
+/// appends of every shard share), then one synced batch switches the meta to it, and the
+/// previous file is deleted. A crash leaves either snapshot whole. Synced because the snapshot
+/// is the state machine's checkpoint: openraft purges the log up to it next.
 fn write_snapshot(
     shard: &ShardHandle,
     slot: &mut SnapshotSlotState,
@@ -335,6 +344,8 @@ fn write_snapshot(
     sequence: u64,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    let files = &shard.node.snapshot_files;
+    files.write(shard.shard, sequence, data)?;
     let family = shard.node.cf(CF_SNAPSHOT);
     let stored_meta = StoredSnapshotMeta {
         meta: meta.clone(),
@@ -346,10 +357,13 @@ fn write_snapshot(
         snapshot_key(shard.shard, SNAPSHOT_META),
         encode(&stored_meta, "snapshot meta", shard.shard)?,
     );
-    batch.put_cf(family, snapshot_key(shard.shard, SNAPSHOT_DATA), data);
-    shard
-        .node
-        .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)?;
+    // The bytes of a snapshot stored by a version that kept them in the database.
+    batch.delete_cf(family, snapshot_key(shard.shard, SNAPSHOT_DATA));
+    files.switch(shard.shard, Some(sequence), || {
+        shard
+            .node
+            .write(batch, Durability::Synced, CF_SNAPSHOT, shard.shard)
+    })?;
     slot.stored_last_log_id = Some(meta.last_log_id);
     Ok(())
 }
@@ -471,10 +485,19 @@ fn read_current_snapshot(
     }))
 }
 
+/// The bytes of the stored snapshot: its file, or (for a snapshot stored by a version that kept
+/// them in the database) the `SNAPSHOT_DATA` value.
 fn read_snapshot_data(
     shard: &ShardHandle,
     stored: &StoredSnapshotMeta,
 ) -> Result<Vec<u8>, StorageError> {
+    if let Some(data) = shard
+        .node
+        .snapshot_files
+        .read(shard.shard, stored.sequence)?
+    {
+        return Ok(data);
+    }
     shard
         .node
         .get(

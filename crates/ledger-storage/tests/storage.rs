@@ -534,7 +534,15 @@ async fn a_deleted_shard_is_gone_and_its_neighbours_and_the_node_record_stay() -
             Err(StorageError::ShardAlreadyOpen { shard: 4 })
         ));
         drop(stores);
+        ensure!(
+            snapshot_files(&directory, 4)?.len() == 1,
+            "shard 4 has its snapshot file"
+        );
         storage.delete_shard(4)?;
+        ensure!(
+            snapshot_files(&directory, 4)?.is_empty(),
+            "a deleted shard's snapshot files are deleted with it"
+        );
         storage.put_node_record(b"record-2")?;
     }
 
@@ -725,5 +733,107 @@ async fn a_database_with_the_legacy_ledger_family_opens_and_drops_it() -> anyhow
     );
     // And it opens again without it.
     NodeStorage::open(directory.path())?;
+    Ok(())
+}
+
+/// The names of the files in `shard`'s snapshot directory (none when it does not exist).
+fn snapshot_files(database: &TempDir, shard: ShardId) -> anyhow::Result<Vec<String>> {
+    let directory = database.path().join("snapshots").join(shard.to_string());
+    if !directory.exists() {
+        return Ok(Vec::new());
+    }
+    let mut names = std::fs::read_dir(&directory)?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test]
+async fn a_snapshot_is_one_file_and_what_a_crash_left_beside_it_is_deleted_at_open(
+) -> anyhow::Result<()> {
+    let seed =
+        test_seed("a_snapshot_is_one_file_and_what_a_crash_left_beside_it_is_deleted_at_open");
+    let directory = TempDir::new()?;
+    let shard = 6;
+    let mut model = Ledger::new();
+    let mut generator = CommandGenerator::new(seed, "acct");
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        let (_log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
+        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
+        checkpoint(&mut machine).await?;
+        apply_random_entries(&mut machine, &mut model, &mut generator, 11, 10).await?;
+        checkpoint(&mut machine).await?;
+        // The second build replaced the first one's file.
+        assert_eq!(
+            snapshot_files(&directory, shard)?,
+            ["00000000000000000001.snapshot"]
+        );
+    }
+    // A crash can leave a file being written, and a whole file no meta names yet.
+    let shard_directory = directory.path().join("snapshots").join(shard.to_string());
+    std::fs::write(
+        shard_directory.join("00000000000000000002.snapshot-partial"),
+        b"half",
+    )?;
+    std::fs::write(
+        shard_directory.join("00000000000000000002.snapshot"),
+        b"whole",
+    )?;
+
+    let storage = NodeStorage::open(directory.path())?;
+    let (_log_store, _machine, state) = open_shard_stores(&storage, shard)?;
+    assert_eq!(
+        state.read().ledger,
+        model,
+        "the shard opens with its snapshot"
+    );
+    assert_eq!(
+        snapshot_files(&directory, shard)?,
+        ["00000000000000000001.snapshot"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backup_holds_the_snapshot_files_its_database_names() -> anyhow::Result<()> {
+    let seed = test_seed("a_backup_holds_the_snapshot_files_its_database_names");
+    let directory = TempDir::new()?;
+    let backups = TempDir::new()?;
+    let backup = backups.path().join("nightly");
+    let shards: [ShardId; 2] = [1, 2];
+    let mut at_backup = Vec::new();
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        let mut stores = Vec::new();
+        for &shard in &shards {
+            let (_log_store, mut machine, state) = open_shard_stores(&storage, shard)?;
+            let mut model = Ledger::new();
+            let mut generator = CommandGenerator::new(seed + u64::from(shard), "acct");
+            apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
+            checkpoint(&mut machine).await?;
+            at_backup.push(state.read().clone());
+            stores.push((machine, model, generator));
+        }
+        storage.checkpoint(&backup)?;
+        // Later snapshots replace (and delete) the live files; the backup keeps its own.
+        for (machine, model, generator) in &mut stores {
+            apply_random_entries(machine, model, generator, 11, 10).await?;
+            checkpoint(machine).await?;
+        }
+    }
+
+    let restored = NodeStorage::open(&backup)?;
+    assert_eq!(restored.stored_shards()?, shards.into_iter().collect());
+    for (position, &shard) in shards.iter().enumerate() {
+        let (_log_store, _machine, state) = open_shard_stores(&restored, shard)?;
+        let state = state.read();
+        assert_eq!(
+            state.ledger, at_backup[position].ledger,
+            "ledger of shard {shard}"
+        );
+        assert_eq!(state.last_applied, at_backup[position].last_applied);
+    }
     Ok(())
 }
