@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
 use crate::cluster::ClusterMap;
-use crate::journal::{EntryKind, Event, JournalEntry};
+use crate::journal::{EntryKind, Event, Journal, JournalEntry};
 use crate::types::*;
 
 /// Most accounts one `Tick` settles, so that one entry's apply stays short; a tick that leaves
@@ -96,7 +96,7 @@ pub struct Ledger {
     grant_records: BTreeMap<(String, String), GrantRecord>,
     /// Every reservation id decided, keyed by (account id, reservation id).
     reservations: BTreeMap<(String, String), Reservation>,
-    journals: BTreeMap<String, Vec<JournalEntry>>,
+    journals: BTreeMap<String, Journal>,
     events: Vec<Event>,
     meta: ShardMeta,
     /// (instant, account) for every account with something due (`Account::next_due`). Derived.
@@ -220,13 +220,15 @@ impl Ledger {
         self.reservations.iter()
     }
 
-    /// The persisted journal of an account (entries up to its last settlement).
-    pub fn journal(&self, account_id: &str) -> &[JournalEntry] {
-        self.journals.get(account_id).map_or(&[], Vec::as_slice)
+    /// The persisted journal of an account (entries up to its last settlement); empty for an
+    /// unknown account.
+    pub fn journal(&self, account_id: &str) -> &Journal {
+        static EMPTY: Journal = Journal::new();
+        self.journals.get(account_id).unwrap_or(&EMPTY)
     }
 
     /// Every account's journal, in account id order.
-    pub fn journals(&self) -> impl Iterator<Item = (&String, &Vec<JournalEntry>)> {
+    pub fn journals(&self) -> impl Iterator<Item = (&String, &Journal)> {
         self.journals.iter()
     }
 

@@ -42,7 +42,7 @@ mod shard;
 mod types;
 
 pub use journal::{
-    balance_at, statement, usage, EntryKind, Event, EventKind, FeatureUsage, JournalEntry,
+    balance_at, statement, usage, EntryKind, Event, EventKind, FeatureUsage, Journal, JournalEntry,
     Statement,
 };
 pub use ledger::{

@@ -878,7 +878,7 @@ fn check_entries(
     let persisted = ledger.journal(&account_id);
     assert_eq!(
         &entries[..persisted.len()],
-        persisted,
+        persisted.to_vec(),
         "{}: persisted prefix",
         context()
     );
