@@ -248,7 +248,8 @@ fn in_window(entries: &[JournalEntry], from_ms: u64, to_ms: u64) -> &[JournalEnt
 /// entries in order, whatever the chunking.
 #[derive(Clone, Debug, Default)]
 pub struct Journal {
-    full: Vec<Arc<[JournalEntry]>>,
+    /// Full chunks, each a `Vec` of exactly `CHUNK` entries moved (not copied) behind an `Arc`.
+    full: Vec<Arc<Vec<JournalEntry>>>,
     tail: Vec<JournalEntry>,
 }
 
@@ -268,7 +269,7 @@ impl Journal {
         self.tail.push(entry);
         if self.tail.len() == Journal::CHUNK {
             let chunk = std::mem::replace(&mut self.tail, Vec::with_capacity(Journal::CHUNK));
-            self.full.push(Arc::from(chunk));
+            self.full.push(Arc::new(chunk));
         }
     }
 
@@ -381,7 +382,7 @@ mod tests {
             assert_eq!(journal.is_empty(), entries.is_empty());
             assert_eq!(journal.last(), entries.last());
             assert_eq!(journal.to_vec(), entries);
-            assert_eq!(journal.iter().rev().next(), entries.iter().rev().next());
+            assert_eq!(journal.iter().next_back(), entries.iter().next_back());
             // The digest hashes a journal as it hashed the `Vec` it replaces.
             assert_eq!(hash_of(&journal), hash_of(&entries));
             let copy = journal.clone();
