@@ -19,6 +19,8 @@
 #                `r<ops per s>-batch<n>-<distribution>` (open loop), or `c<clients>-batchauto-<...>`:
 #                one debit per call, which the ledger's client batches by itself (--auto-batch)
 #   DURATION [15]  WARMUP [3]  ACCOUNTS [100000]  SHARDS [16]
+#   SNAPSHOT_ENTRIES  the ledger nodes' `[snapshots] entries_since_last` [unset: the default]; low
+#                values make snapshots happen within a run, to measure what they cost
 #   RESULTS_DIR  where summaries, plots, logs and table.md go [benches/peers/results/<time>]
 #   CARGO_TARGET_DIR [$HOME/.cache/credit-ledger/target]; LEDGERD [$CARGO_TARGET_DIR/release/ledgerd]
 #   LOADGEN_ARGS extra arguments for every loadgen run
@@ -183,6 +185,9 @@ replication = $replication
 nodes = [
 $entries]
 EOF
+    if [[ -n "${SNAPSHOT_ENTRIES:-}" ]]; then
+        printf '[snapshots]\nentries_since_last = %s\n' "$SNAPSHOT_ENTRIES" >>"$file"
+    fi
 }
 
 start_ledger() {
