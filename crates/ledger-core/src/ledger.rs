@@ -22,6 +22,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::account::{draw_order, price, window_containing, Effects, TOTAL_MAX};
 use crate::cluster::ClusterMap;
 use crate::journal::{EntryKind, Event, Journal, JournalEntry};
+use crate::records::DebitRecords;
 use crate::types::*;
 
 /// Most accounts one `Tick` settles, so that one entry's apply stays short; a tick that leaves
@@ -89,7 +90,7 @@ pub struct Ledger {
     accounts: BTreeMap<String, Account>,
     /// Every debit decision, keyed by (account id, idempotency key), including rejections and
     /// decisions about accounts that did not exist.
-    debit_records: BTreeMap<(String, String), DebitRecord>,
+    debit_records: DebitRecords,
     /// Every grant id rejected for a reason of state or time, keyed by (account id, grant id),
     /// also for accounts that did not exist. An accepted grant id is the grant on its account
     /// instead; a grant id is never both.
@@ -189,11 +190,10 @@ impl Ledger {
 
     /// The decided outcome of a debit key, if it was ever decided.
     pub fn debit_record(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
-        self.debit_records
-            .get(&(account_id, idempotency_key) as &dyn RecordKey)
+        self.debit_records.get(account_id, idempotency_key)
     }
 
-    /// Debit records in (account id, idempotency key) order.
+    /// Debit records in the order decided.
     pub fn debit_records(&self) -> impl Iterator<Item = (&(String, String), &DebitRecord)> {
         self.debit_records.iter()
     }

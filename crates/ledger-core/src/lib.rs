@@ -23,7 +23,10 @@
 //! - `ledger.rs`: `Ledger::apply`, the only entry point of a decision; records, the due index,
 //!   `Tick`, the catalog, `view`, `digest`, `restore`.
 //! - `account.rs`: the credit mechanics of one account and its lazy settlement in time order.
-//! - `journal.rs`: journal entries, events, and the reports (usage, balance at, statement).
+//! - `journal.rs`: journal entries (an account's `Journal`, in chunks shared between copies),
+//!   events, and the reports (usage, balance at, statement).
+//! - `records.rs`: `DebitRecords`, every debit decision in the order decided, in chunks shared
+//!   between copies, with a hash index (a snapshot's copy does not walk them).
 //! - `period.rs`: ISO 8601 periods and calendar arithmetic.
 //! - `cluster.rs`: the cluster map (nodes, shard placement, the move under way) that the
 //!   metadata group sequences, and `next_step`, the pure planner of replica moves.
@@ -38,6 +41,7 @@ pub mod fault_injection;
 mod journal;
 mod ledger;
 mod period;
+mod records;
 mod shard;
 mod types;
 
