@@ -7,7 +7,8 @@
 //!
 //! **Boundary:** this crate does no I/O, reads no clock, spawns nothing and is not async. It must
 //! never depend on openraft, RocksDB, actix, tokio, axum or any serialization format (it only
-//! derives `serde` traits so that the layers above can choose one).
+//! derives `serde` traits so that the layers above can choose one). Its one random input is the
+//! key of `DebitRecords`' hash index, on which no outcome, order, equality or digest depends.
 //!
 //! **Invariants** (asserted after every apply, also in release builds; a replica that breaks one
 //! stops): per account, `granted + overage == Σ remaining + reserved + consumed + expired +
