@@ -1142,8 +1142,9 @@ impl Ledger {
     }
 
     /// A digest of the whole state, equal on replicas at the same applied index: XXH3-128 over
-    /// the derived `Hash` of every part (maps in key order, lengths before contents). It compares
-    /// replicas running the same build; it is not a stable format.
+    /// the derived `Hash` of every part (maps in key order, lengths before contents; the debit
+    /// records as a set, see `DebitRecords`). It compares replicas running the same build; it is
+    /// not a stable format.
     pub fn digest(&self) -> u128 {
         let mut hasher = DigestHasher(Xxh3::new());
         self.meta.hash(&mut hasher);
