@@ -1176,8 +1176,8 @@ fn check_and_move_due(account: &mut Account) -> Option<DueChange> {
     Some(DueChange { previous, next })
 }
 
-/// Feeds `std::hash::Hash` into XXH3.
-struct DigestHasher(Xxh3);
+/// Feeds `std::hash::Hash` into XXH3 (the digests read its 128-bit result from `.0`).
+pub(crate) struct DigestHasher(pub(crate) Xxh3);
 
 impl Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::ledger::DigestHasher;
 use crate::types::DebitRecord;
 
 /// Records per shared chunk. One tail for the whole shard, so a copy clones at most this many
@@ -134,7 +135,7 @@ impl Eq for DebitRecords {}
 /// equal sets of records, whatever their order.
 impl Hash for DebitRecords {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut record_hasher = RecordHasher(Xxh3::new());
+        let mut record_hasher = DigestHasher(Xxh3::new());
         let mut sum: u128 = 0;
         for record in self.iter() {
             record_hasher.0.reset();
@@ -143,18 +144,6 @@ impl Hash for DebitRecords {
         }
         state.write_usize(self.len());
         state.write_u128(sum);
-    }
-}
-
-struct RecordHasher(Xxh3);
-
-impl Hasher for RecordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.digest()
     }
 }
 
