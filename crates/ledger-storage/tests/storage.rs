@@ -837,3 +837,81 @@ async fn a_backup_holds_the_snapshot_files_its_database_names() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_snapshot_stored_in_the_database_by_an_older_version_still_opens() -> anyhow::Result<()> {
+    let seed = test_seed("a_snapshot_stored_in_the_database_by_an_older_version_still_opens");
+    let directory = TempDir::new()?;
+    let shard: ShardId = 9;
+    let mut model = Ledger::new();
+    let mut generator = CommandGenerator::new(seed, "acct");
+    {
+        let storage = NodeStorage::open(directory.path())?;
+        let (_log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
+        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
+        checkpoint(&mut machine).await?;
+    }
+    // Older versions kept the bytes in the `snapshot` family under shard ++ 2 and had no file.
+    let file = directory
+        .path()
+        .join("snapshots")
+        .join(shard.to_string())
+        .join("00000000000000000000.snapshot");
+    let bytes = std::fs::read(&file)?;
+    std::fs::remove_file(&file)?;
+    {
+        let database = open_raw_database(&directory)?;
+        let family = database
+            .cf_handle("snapshot")
+            .context("the snapshot column family")?;
+        database.put_cf(family, legacy_snapshot_data_key(shard), bytes)?;
+    }
+
+    let storage = NodeStorage::open(directory.path())?;
+    {
+        let (_log_store, mut machine, state) = open_shard_stores(&storage, shard)?;
+        assert_eq!(
+            state.read().ledger,
+            model,
+            "the shard opens with the old snapshot"
+        );
+        // The next snapshot is a file, and the old bytes are gone from the database.
+        apply_random_entries(&mut machine, &mut model, &mut generator, 11, 10).await?;
+        checkpoint(&mut machine).await?;
+    }
+    assert_eq!(
+        snapshot_files(&directory, shard)?,
+        ["00000000000000000001.snapshot"]
+    );
+    {
+        let (_log_store, _machine, state) = open_shard_stores(&storage, shard)?;
+        assert_eq!(state.read().ledger, model);
+    }
+    drop(storage);
+    let database = open_raw_database(&directory)?;
+    let family = database
+        .cf_handle("snapshot")
+        .context("the snapshot column family")?;
+    ensure!(
+        database
+            .get_cf(family, legacy_snapshot_data_key(shard))?
+            .is_none(),
+        "the old bytes are deleted with the switch to the file"
+    );
+    Ok(())
+}
+
+/// The node's RocksDB opened directly, with every column family it has.
+fn open_raw_database(directory: &TempDir) -> anyhow::Result<rocksdb::DB> {
+    let options = rocksdb::Options::default();
+    let families = rocksdb::DB::list_cf(&options, directory.path())?;
+    Ok(rocksdb::DB::open_cf(&options, directory.path(), families)?)
+}
+
+/// Where versions before snapshot files kept a snapshot's bytes: the `snapshot` family, under
+/// the shard id (big endian) and the tag 2.
+fn legacy_snapshot_data_key(shard: ShardId) -> Vec<u8> {
+    let mut key = shard.to_be_bytes().to_vec();
+    key.push(2);
+    key
+}
