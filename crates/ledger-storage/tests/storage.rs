@@ -758,19 +758,15 @@ async fn a_snapshot_is_one_file_and_what_a_crash_left_beside_it_is_deleted_at_op
     let shard = 6;
     let mut model = Ledger::new();
     let mut generator = CommandGenerator::new(seed, "acct");
-    {
-        let storage = NodeStorage::open(directory.path())?;
-        let (_log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
-        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
-        checkpoint(&mut machine).await?;
-        apply_random_entries(&mut machine, &mut model, &mut generator, 11, 10).await?;
-        checkpoint(&mut machine).await?;
-        // The second build replaced the first one's file.
-        assert_eq!(
-            snapshot_files(&directory, shard)?,
-            ["00000000000000000001.snapshot"]
-        );
+    for first_index in [1, 11] {
+        apply_ten_entries_and_snapshot(&directory, shard, &mut model, &mut generator, first_index)
+            .await?;
     }
+    // The second build replaced the first one's file.
+    assert_eq!(
+        snapshot_files(&directory, shard)?,
+        ["00000000000000000001.snapshot"]
+    );
     // A crash can leave a file being written, and a whole file no meta names yet.
     let shard_directory = directory.path().join("snapshots").join(shard.to_string());
     std::fs::write(
@@ -845,12 +841,7 @@ async fn a_snapshot_stored_in_the_database_by_an_older_version_still_opens() -> 
     let shard: ShardId = 9;
     let mut model = Ledger::new();
     let mut generator = CommandGenerator::new(seed, "acct");
-    {
-        let storage = NodeStorage::open(directory.path())?;
-        let (_log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
-        apply_random_entries(&mut machine, &mut model, &mut generator, 1, 10).await?;
-        checkpoint(&mut machine).await?;
-    }
+    apply_ten_entries_and_snapshot(&directory, shard, &mut model, &mut generator, 1).await?;
     // Older versions kept the bytes in the `snapshot` family under shard ++ 2 and had no file.
     let file = directory
         .path()
@@ -914,4 +905,19 @@ fn legacy_snapshot_data_key(shard: ShardId) -> Vec<u8> {
     let mut key = shard.to_be_bytes().to_vec();
     key.push(2);
     key
+}
+
+/// Opens the node storage at `directory`, applies ten random entries from `first_index` to
+/// `shard`, builds its snapshot, and closes the storage.
+async fn apply_ten_entries_and_snapshot(
+    directory: &TempDir,
+    shard: ShardId,
+    model: &mut Ledger,
+    generator: &mut CommandGenerator,
+    first_index: u64,
+) -> anyhow::Result<()> {
+    let storage = NodeStorage::open(directory.path())?;
+    let (_log_store, mut machine, _state) = open_shard_stores(&storage, shard)?;
+    apply_random_entries(&mut machine, model, generator, first_index, 10).await?;
+    checkpoint(&mut machine).await
 }
