@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunked::Chunked;
 use crate::types::{GrantSource, LimitScope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -238,20 +238,12 @@ fn in_window(entries: &[JournalEntry], from_ms: u64, to_ms: u64) -> &[JournalEnt
     &entries[start..end.max(start)]
 }
 
-/// One account's persisted journal: append-only, kept as full chunks of
-/// [`Journal::CHUNK`] entries shared between copies, then a short tail.
-///
-/// A snapshot copies the shard's state while no entry can be applied; a journal was a `Vec` and
-/// its copy cloned every entry the account ever had (a third of that copy's time, see
-/// `benches/RESULTS.md`, session 11). Now a copy clones one pointer per full chunk and at most
-/// `CHUNK - 1` entries. Equality, hashing (the state digest) and iteration are those of the
-/// entries in order, whatever the chunking.
+/// One account's persisted journal: append-only, in chunks of [`Journal::CHUNK`] entries shared
+/// between copies (see `chunked.rs`; the journal was a `Vec`, and a third of a snapshot's copy).
+/// Equality, hashing (the state digest) and iteration are those of the entries in order,
+/// whatever the chunking.
 #[derive(Clone, Debug, Default)]
-pub struct Journal {
-    /// Full chunks, each a `Vec` of exactly `CHUNK` entries moved (not copied) behind an `Arc`.
-    full: Vec<Arc<Vec<JournalEntry>>>,
-    tail: Vec<JournalEntry>,
-}
+pub struct Journal(Chunked<JournalEntry, { Journal::CHUNK }>);
 
 impl Journal {
     /// Entries per shared chunk: small, because the tails of all accounts are copied entry by
@@ -259,40 +251,28 @@ impl Journal {
     pub const CHUNK: usize = 16;
 
     pub const fn new() -> Journal {
-        Journal {
-            full: Vec::new(),
-            tail: Vec::new(),
-        }
+        Journal(Chunked::new())
     }
 
     pub fn push(&mut self, entry: JournalEntry) {
-        self.tail.push(entry);
-        if self.tail.len() == Journal::CHUNK {
-            let chunk = std::mem::replace(&mut self.tail, Vec::with_capacity(Journal::CHUNK));
-            self.full.push(Arc::new(chunk));
-        }
+        self.0.push(entry);
     }
 
     pub fn len(&self) -> usize {
-        self.full.len() * Journal::CHUNK + self.tail.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.full.is_empty() && self.tail.is_empty()
+        self.len() == 0
     }
 
     pub fn last(&self) -> Option<&JournalEntry> {
-        self.tail
-            .last()
-            .or_else(|| self.full.last().and_then(|chunk| chunk.last()))
+        self.0.last()
     }
 
     /// The entries, oldest first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &JournalEntry> + '_ {
-        self.full
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .chain(self.tail.iter())
+        self.0.iter()
     }
 
     pub fn to_vec(&self) -> Vec<JournalEntry> {
@@ -332,15 +312,6 @@ impl Hash for Journal {
         for entry in self.iter() {
             entry.hash(state);
         }
-    }
-}
-
-impl<'a> IntoIterator for &'a Journal {
-    type Item = &'a JournalEntry;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a JournalEntry> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
     }
 }
 

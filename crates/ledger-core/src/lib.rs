@@ -24,6 +24,8 @@
 //! - `ledger.rs`: `Ledger::apply`, the only entry point of a decision; records, the due index,
 //!   `Tick`, the catalog, `view`, `digest`, `restore`.
 //! - `account.rs`: the credit mechanics of one account and its lazy settlement in time order.
+//! - `chunked.rs`: `Chunked`, an append-only list whose full chunks copies share (so a
+//!   snapshot's copy does not walk what only grows).
 //! - `journal.rs`: journal entries (an account's `Journal`, in chunks shared between copies),
 //!   events, and the reports (usage, balance at, statement).
 //! - `records.rs`: `DebitRecords`, every debit decision in the order decided, in chunks shared
@@ -37,6 +39,7 @@
 //! - `tests/model.rs`: property tests against an independent reference model.
 
 mod account;
+mod chunked;
 pub mod cluster;
 pub mod fault_injection;
 mod journal;

@@ -16,11 +16,11 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::chunked::Chunked;
 use crate::ledger::DigestHasher;
 use crate::types::DebitRecord;
 
@@ -34,9 +34,8 @@ type Record = (Key, DebitRecord);
 /// The debit records of one shard; see the module documentation.
 #[derive(Clone, Default)]
 pub(crate) struct DebitRecords {
-    /// Full chunks, each a `Vec` of exactly `CHUNK` records moved behind an `Arc`.
-    full: Vec<Arc<Vec<Record>>>,
-    tail: Vec<Record>,
+    /// Every record, in the order decided.
+    records: Chunked<Record, CHUNK>,
     /// `(hash of the key, position in the order decided)` of every record.
     index: HashTable<(u64, usize)>,
     hasher: DefaultHashBuilder,
@@ -44,25 +43,18 @@ pub(crate) struct DebitRecords {
 
 impl DebitRecords {
     pub(crate) fn len(&self) -> usize {
-        self.full.len() * CHUNK + self.tail.len()
+        self.records.len()
     }
 
     fn hash_of(&self, account_id: &str, idempotency_key: &str) -> u64 {
         self.hasher.hash_one((account_id, idempotency_key))
     }
 
-    fn at(&self, position: usize) -> &Record {
-        match self.full.get(position / CHUNK) {
-            Some(chunk) => &chunk[position % CHUNK],
-            None => &self.tail[position - self.full.len() * CHUNK],
-        }
-    }
-
     fn position(&self, hash: u64, account_id: &str, idempotency_key: &str) -> Option<usize> {
         self.index
             .find(hash, |&(stored_hash, position)| {
                 stored_hash == hash && {
-                    let ((account, key), _) = self.at(position);
+                    let ((account, key), _) = self.records.get(position);
                     account == account_id && key == idempotency_key
                 }
             })
@@ -73,7 +65,7 @@ impl DebitRecords {
     pub(crate) fn get(&self, account_id: &str, idempotency_key: &str) -> Option<&DebitRecord> {
         let hash = self.hash_of(account_id, idempotency_key);
         self.position(hash, account_id, idempotency_key)
-            .map(|position| &self.at(position).1)
+            .map(|position| &self.records.get(position).1)
     }
 
     /// Records a decision. A key already present has its record replaced (in place, so that
@@ -82,30 +74,19 @@ impl DebitRecords {
     pub(crate) fn insert(&mut self, key: Key, record: DebitRecord) -> Option<DebitRecord> {
         let hash = self.hash_of(&key.0, &key.1);
         if let Some(position) = self.position(hash, &key.0, &key.1) {
-            let stored = match self.full.get_mut(position / CHUNK) {
-                Some(chunk) => &mut Arc::make_mut(chunk)[position % CHUNK].1,
-                None => &mut self.tail[position - self.full.len() * CHUNK].1,
-            };
+            let stored = &mut self.records.get_mut(position).1;
             return Some(std::mem::replace(stored, record));
         }
         let position = self.len();
         self.index
             .insert_unique(hash, (hash, position), |&(stored_hash, _)| stored_hash);
-        self.tail.push((key, record));
-        if self.tail.len() == CHUNK {
-            let chunk = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));
-            self.full.push(Arc::new(chunk));
-        }
+        self.records.push((key, record));
         None
     }
 
     /// Every record, in the order decided.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &DebitRecord)> {
-        self.full
-            .iter()
-            .flat_map(|chunk| chunk.iter())
-            .chain(self.tail.iter())
-            .map(|(key, record)| (key, record))
+        self.records.iter().map(|(key, record)| (key, record))
     }
 }
 
