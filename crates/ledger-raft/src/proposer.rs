@@ -247,10 +247,8 @@ async fn run(
         }
         let batch = LedgerBatch {
             timestamp_ms: clock.now_ms(),
-            commands: std::mem::replace(
-                &mut commands,
-                Vec::with_capacity(config.commands_per_entry_max),
-            ),
+            // Moved into one exactly sized shared allocation; `commands` keeps its buffer.
+            commands: commands.drain(..).collect(),
         };
         let batch_replies = std::mem::replace(
             &mut replies,

@@ -37,7 +37,10 @@ pub struct LedgerBatch {
     /// The proposing leader's wall-clock time, made monotonic per shard by the proposer; the state
     /// machine additionally never lets time go backwards across leaders.
     pub timestamp_ms: u64,
-    pub commands: Vec<Command>,
+    /// Shared, so that the copies openraft makes of an entry (the log store's in-memory tail,
+    /// replication to each follower, the state machine) do not copy its commands. Encoded as a
+    /// plain sequence, the same bytes as a `Vec`.
+    pub commands: Arc<[Command]>,
 }
 
 /// The outcomes of one entry's commands, in the same order. Empty for blank and membership entries.

@@ -84,7 +84,7 @@ fn append_request(shard: ShardId, entry_count: u64) -> AppendEntriesRequest<Type
             } else {
                 EntryPayload::Normal(LedgerBatch {
                     timestamp_ms: offset,
-                    commands: Vec::new(),
+                    commands: Vec::new().into(),
                 })
             },
         })

@@ -416,7 +416,7 @@ async fn write_batches(leader: &LedgerRaft, first_timestamp_ms: u64, count: u64)
     for offset in 0..count {
         let batch = LedgerBatch {
             timestamp_ms: first_timestamp_ms + offset,
-            commands: Vec::new(),
+            commands: Vec::new().into(),
         };
         let written = tokio::time::timeout(GENEROUS, leader.client_write(batch))
             .await

@@ -26,6 +26,7 @@ mod error;
 mod fail_points;
 mod keys;
 mod log_store;
+mod log_tail;
 mod node;
 mod snapshot_files;
 mod state_machine;

@@ -21,11 +21,13 @@ use std::sync::Arc;
 use ledger_raft::{Entry, LedgerLogId, NodeId, ShardId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
+use parking_lot::Mutex;
 use rocksdb::{Direction, WriteBatch};
 
 use crate::codec::{decode, encode};
 use crate::error::StorageError;
 use crate::keys::*;
+use crate::log_tail::{LogTail, TailLimits};
 use crate::node::{run_blocking, run_inline, Durability, ShardHandle};
 
 type RaftStorageError = openraft::StorageError<NodeId>;
@@ -43,6 +45,8 @@ pub(crate) struct LogPointers {
 pub struct LogStore {
     shard: Arc<ShardHandle>,
     pointers: LogPointers,
+    /// The newest entries, shared with the readers (see [`crate::log_tail`]).
+    tail: Arc<Mutex<LogTail>>,
 }
 
 /// A reader of one shard's log, used by openraft's replication tasks concurrently with the
@@ -50,11 +54,16 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct LogReader {
     shard: Arc<ShardHandle>,
+    tail: Arc<Mutex<LogTail>>,
 }
 
 impl LogStore {
     pub(crate) fn new(shard: Arc<ShardHandle>, pointers: LogPointers) -> LogStore {
-        LogStore { shard, pointers }
+        LogStore {
+            shard,
+            pointers,
+            tail: Arc::new(Mutex::new(LogTail::new(TailLimits::default()))),
+        }
     }
 
     /// The shard this log belongs to.
@@ -65,6 +74,7 @@ impl LogStore {
     fn reader(&self) -> LogReader {
         LogReader {
             shard: Arc::clone(&self.shard),
+            tail: Arc::clone(&self.tail),
         }
     }
 
@@ -87,7 +97,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        read_entries(&self.shard, range).await
+        read_entries(&self.shard, &self.tail, range).await
     }
 }
 
@@ -96,7 +106,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        read_entries(&self.shard, range).await
+        read_entries(&self.shard, &self.tail, range).await
     }
 }
 
@@ -187,6 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let last_log_id = entries.last().map(|entry| entry.log_id);
         let shard = Arc::clone(&self.shard);
+        let tail = Arc::clone(&self.tail);
         run_inline(move || {
             let family = shard.node.cf(CF_RAFT_LOG);
             let mut batch = WriteBatch::default();
@@ -205,6 +216,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 shard
                     .node
                     .write(batch, Durability::Buffered, CF_RAFT_LOG, shard.shard)?;
+                tail.lock().append(&entries);
             }
             shard.node.syncer_shared.enqueue(callback);
             Ok(())
@@ -222,6 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LedgerLogId) -> Result<(), RaftStorageError> {
+        self.tail.lock().truncate(log_id.index);
         let shard = Arc::clone(&self.shard);
         let new_last_present = run_blocking(self.shard.shard, move || {
             let (_, shard_end) = shard_range(shard.shard);
@@ -241,12 +254,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last_entry_before(&shard, log_id.index)
         })
         .await
-        .map_err(|error| StorageIOError::write_log_entry(log_id, &error))?;
+        .map_err(|error| {
+            self.tail.lock().clear();
+            StorageIOError::write_log_entry(log_id, &error)
+        })?;
         self.pointers.last_present_log_id = new_last_present;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LedgerLogId) -> Result<(), RaftStorageError> {
+        self.tail.lock().purge(log_id.index);
         let shard = Arc::clone(&self.shard);
         run_blocking(self.shard.shard, move || {
             let mut batch = WriteBatch::default();
@@ -270,7 +287,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .write(batch, Durability::Buffered, CF_RAFT_LOG, shard.shard)
         })
         .await
-        .map_err(|error| StorageIOError::write_log_entry(log_id, &error))?;
+        .map_err(|error| {
+            self.tail.lock().clear();
+            StorageIOError::write_log_entry(log_id, &error)
+        })?;
         self.pointers.last_purged_log_id = Some(log_id);
         if self.pointers.last_present_log_id <= Some(log_id) {
             self.pointers.last_present_log_id = None;
@@ -293,6 +313,7 @@ fn last_entry_before(shard: &ShardHandle, index: u64) -> Result<Option<LedgerLog
 
 async fn read_entries<RB: RangeBounds<u64>>(
     shard: &Arc<ShardHandle>,
+    tail: &Mutex<LogTail>,
     range: RB,
 ) -> Result<Vec<Entry>, RaftStorageError> {
     let start = match range.start_bound() {
@@ -308,6 +329,9 @@ async fn read_entries<RB: RangeBounds<u64>>(
     };
     if end.is_some_and(|end| end <= start) {
         return Ok(Vec::new());
+    }
+    if let Some(entries) = end.and_then(|end| tail.lock().get(start, end)) {
+        return Ok(entries);
     }
     let shard = Arc::clone(shard);
     run_inline(move || {

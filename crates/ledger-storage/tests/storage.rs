@@ -241,7 +241,7 @@ async fn restart_recovers_the_snapshot_then_the_committed_log_and_the_raft_state
     let (retries, expected) = grant_rejection_retries(&model);
     let batch = LedgerBatch {
         timestamp_ms: 2_000_000,
-        commands: retries,
+        commands: retries.into(),
     };
     let outcomes = machine.apply([batch_entry(2, 61, batch)]).await?;
     assert_eq!(

@@ -277,7 +277,8 @@ mod tests {
                         commands: vec![ledger_core::Command::CreateAccount {
                             account_id: "acme".to_string(),
                             overdraft_limit: 5,
-                        }],
+                        }]
+                        .into(),
                     }),
                 },
                 Entry {
