@@ -62,6 +62,68 @@ async fn debits_through_any_node_are_decided_once_and_replicas_agree() -> Result
             *accepted_by_account.entry(account.clone()).or_default() += amount;
         }
     }
+    // Batches through every node: items of every shard (those another node leads are forwarded
+    // to it as one sub-batch), answered in request order; a bad item gets its own 400 and
+    // decides nothing; the same batch again, through another node, is all replays.
+    for (node, url) in urls.iter().enumerate() {
+        let mut debits: Vec<serde_json::Value> = accounts
+            .iter()
+            .map(|account| {
+                serde_json::json!({
+                    "account_id": account,
+                    "idempotency_key": format!("batch-{node}-{account}"),
+                    "amount": 3,
+                })
+            })
+            .collect();
+        debits.insert(
+            2,
+            serde_json::json!({"account_id": "bad id!", "idempotency_key": "k", "amount": 1}),
+        );
+        debits.insert(5, serde_json::json!("not an object"));
+        debits.push(serde_json::json!({"account_id": accounts[0], "amount": 1}));
+        let body = serde_json::json!({ "debits": debits }).to_string();
+        let bad_items = [
+            (2, "invalid_identifier"),
+            (5, "invalid_field"),
+            (debits.len() - 1, "missing_field"),
+        ];
+        for (attempt, through) in [(0, url), (1, &urls[(node + 1) % urls.len()])] {
+            let answer = clients[0]
+                .post_raw(through, "/v1/debits/batch", &body)
+                .await?;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let results =
+                serde_json::from_str::<ledger_api::BatchDebitResponse>(&answer.body)?.results;
+            assert_eq!(results.len(), debits.len());
+            for (index, result) in results.iter().enumerate() {
+                if let Some((_, code)) = bad_items.iter().find(|(bad, _)| *bad == index) {
+                    assert_eq!(result.http_status, 400, "item {index}: {result:?}");
+                    assert_eq!(
+                        result.error.as_ref().map(|error| error.code.as_str()),
+                        Some(*code),
+                        "item {index}"
+                    );
+                    assert!(result.outcome.is_none());
+                    continue;
+                }
+                let outcome = result.outcome.as_ref().context("a decided item")?;
+                assert_eq!(outcome.account_id, debits[index]["account_id"]);
+                assert_eq!(outcome.idempotency_key, debits[index]["idempotency_key"]);
+                assert_eq!(
+                    (outcome.status.as_str(), outcome.amount, outcome.replayed),
+                    ("accepted", Some(3), attempt == 1),
+                    "item {index}: {result:?}"
+                );
+                if attempt == 0 {
+                    *accepted_by_account
+                        .entry(outcome.account_id.clone())
+                        .or_default() += 3;
+                }
+            }
+        }
+    }
+
     // A grant to a missing account is rejected, and stays rejected (as a replay) for its grant id
     // even after the account is created: a request never applies after it was told "rejected".
     let early = clients[0].grant("late-account", &grant("early", 10)).await;

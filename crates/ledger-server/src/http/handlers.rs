@@ -446,11 +446,11 @@ struct BatchItem {
 /// `POST /v1/debits/batch`: items are validated one by one (a bad item gets its own 400 result
 /// and decides nothing), grouped by shard, decided by their leaders, answered in request order.
 pub async fn batch_debits(State(context): Context, headers: HeaderMap, body: Bytes) -> Response {
-    let object = match parse::object(&body) {
+    let mut object = match parse::object(&body) {
         Ok(object) => object,
         Err(error) => return error.into_response(),
     };
-    let items = match object.get("debits") {
+    let items = match object.remove("debits") {
         Some(Value::Array(items)) => items,
         None | Some(Value::Null) => {
             return ApiError::bad_request(codes::MISSING_FIELD, "debits is required")
@@ -471,8 +471,8 @@ pub async fn batch_debits(State(context): Context, headers: HeaderMap, body: Byt
     let hops = Forwardable::new(Method::POST, String::new(), &headers, Bytes::new()).hops;
     let mut results: Vec<Option<BatchDebitResult>> = vec![None; items.len()];
     let mut by_shard: BTreeMap<ShardId, Vec<BatchItem>> = BTreeMap::new();
-    for (index, item) in items.iter().enumerate() {
-        let parsed = match item {
+    for (index, item) in items.into_iter().enumerate() {
+        let parsed = match &item {
             Value::Object(fields) => parse::required_identifier(fields, "account_id")
                 .and_then(|account_id| parse::debit_from_object(&account_id, fields)),
             _ => Err(ApiError::bad_request(
@@ -486,7 +486,8 @@ pub async fn batch_debits(State(context): Context, headers: HeaderMap, body: Byt
                 by_shard.entry(shard).or_default().push(BatchItem {
                     index,
                     command,
-                    json: item.clone(),
+                    // Kept for a forward to the shard's leader; moved, not copied.
+                    json: item,
                 });
             }
             Err(error) => results[index] = Some(batch_error(&error)),
