@@ -6,7 +6,9 @@
 //!
 //! - [`LogStore`] (`RaftLogStorage`): appends are written at once and acknowledged after the WAL
 //!   is fsynced by one syncer thread per node, which serves the appends of all shards with one
-//!   fsync (group commit). The vote is fsynced before `save_vote` returns.
+//!   fsync (group commit). The vote is fsynced before `save_vote` returns. The newest entries
+//!   also stay in memory (`log_tail.rs`), so replication and apply read what was just appended
+//!   without a RocksDB scan and a decode.
 //! - [`StateMachineStore`] (`RaftStateMachine`): the shard's `ledger_core::Ledger` in memory,
 //!   shared with readers as a `SharedShardState`. `apply` changes memory only: the Raft log is
 //!   the state machine's write-ahead log, and the state is checkpointed as the shard's current
