@@ -4,8 +4,10 @@
 //! account's commands in arrival order, admits them against a bound (overload is an immediate
 //! [`SubmitError::Overloaded`], never an unbounded queue), forwards them to the shard's proposer in
 //! that order, keeps many in flight (it never waits for one commit before proposing the next), and
-//! resolves each waiting request when its outcome is applied. Actors are created on demand and
-//! stop themselves when idle; they are never the balance of record (the state machine is).
+//! hands each admitted request the receiver of its outcome, which the proposer resolves when the
+//! command is applied (the outcome does not pass through the actor's thread again). Actors are
+//! created on demand and stop themselves when idle; they are never the balance of record (the
+//! state machine is).
 //!
 //! actix runs on its own threads ([`ActorRuntime`]): a dedicated system thread and a few
 //! single-threaded arbiters. Callers on any tokio runtime use [`AccountActors::submit`], which is
