@@ -28,9 +28,10 @@ pub(crate) struct TailLimits {
 
 impl Default for TailLimits {
     fn default() -> Self {
-        // A follower more than a few hundred entries behind catches up from RocksDB; at the
-        // proposer's largest entries (4,096 commands of about 100 bytes) the command bound
-        // keeps a shard's tail near 10 MB.
+        // A follower more than a few hundred entries behind catches up from RocksDB. Whatever
+        // the entries' size, a shard's tail holds at most 131,072 commands (and the newest
+        // entry even when it alone is larger): with the proposer's largest entries (4,096
+        // commands) that is 32 entries.
         TailLimits {
             entries_max: 512,
             commands_max: 1 << 17,
